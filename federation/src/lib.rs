@@ -1,0 +1,1 @@
+//! Hush's shared protocol layer (placeholder; filled in by the federation work).

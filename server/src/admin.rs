@@ -1,0 +1,1 @@
+//! `hushd admin ...`: operator commands that act on the configured database.

@@ -1,0 +1,9 @@
+//! `hush-server`: the Hush homeserver library behind the `hushd` binary.
+//!
+//! Layers: `api` (thin axum handlers) -> `service` (domain logic, background workers)
+//! -> `store` (the only place with SQL, SQLite and PostgreSQL).
+
+pub mod admin;
+pub mod config;
+pub mod password;
+pub mod store;
