@@ -15,4 +15,6 @@
 pub mod base64;
 pub mod canonical;
 pub mod ids;
+pub mod keys;
 pub mod signing;
+pub mod xmatrix;
