@@ -14,7 +14,12 @@
 
 pub mod base64;
 pub mod canonical;
+#[cfg(feature = "http")]
+pub mod client;
+#[cfg(feature = "http")]
+pub mod discovery;
 pub mod ids;
 pub mod keys;
 pub mod signing;
+pub mod wire;
 pub mod xmatrix;

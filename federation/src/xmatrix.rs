@@ -142,9 +142,7 @@ impl XMatrixAuth {
     /// Parses an `Authorization` header value.
     pub fn parse(header: &str) -> Result<Self, XMatrixError> {
         let header = header.trim_start();
-        let scheme_end = header
-            .find(|c: char| c == ' ' || c == '\t')
-            .unwrap_or(header.len());
+        let scheme_end = header.find([' ', '\t']).unwrap_or(header.len());
         let (scheme, params) = header.split_at(scheme_end);
         if !scheme.eq_ignore_ascii_case(SCHEME) {
             return Err(XMatrixError::NotXMatrix);
@@ -499,7 +497,8 @@ mod tests {
 
     #[test]
     fn malformed_headers() {
-        let cases: &[(&str, fn(&XMatrixError) -> bool)] = &[
+        type Check = fn(&XMatrixError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("", |e| matches!(e, XMatrixError::NotXMatrix)),
             ("Bearer abc", |e| matches!(e, XMatrixError::NotXMatrix)),
             ("X-Matrixorigin=a", |e| {
