@@ -61,7 +61,8 @@ impl Account {
         device_id: &str,
         now: u64,
     ) -> Result<Self, AccountError> {
-        Self::from_identity(rng, IdentityKeyPair::generate(rng), user_id, device_id, now)
+        let identity = IdentityKeyPair::generate(rng);
+        Self::from_identity(rng, identity, user_id, device_id, now)
     }
 
     /// A new account around an existing identity (used for fixed test vectors).

@@ -45,16 +45,12 @@ pub fn key_bytes(bytes: &[u8]) -> Result<[u8; KEY_LEN], KeyError> {
 
 /// Unpadded standard base64, the Matrix encoding of keys, signatures and bodies.
 pub fn base64_encode(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
+    hush_federation::base64::encode_unpadded(bytes)
 }
 
 /// Decodes base64 with or without padding (Matrix senders differ).
 pub fn base64_decode(text: &str) -> Result<Vec<u8>, KeyError> {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(text.trim_end_matches('='))
-        .map_err(|_| KeyError::InvalidBase64)
+    hush_federation::base64::decode_lenient(text).map_err(|_| KeyError::InvalidBase64)
 }
 
 /// Appends fields to a byte buffer that zeroizes itself when dropped.
