@@ -28,6 +28,7 @@ pub mod fingerprint;
 pub mod pickle;
 pub mod prekeys;
 pub mod session_record;
+pub mod trust;
 pub mod x3dh;
 
 pub use account::{Account, InboundSession};
@@ -40,3 +41,4 @@ pub use prekeys::{DeviceKeys, KeyId};
 pub use session::{OutgoingMessage, Session};
 pub use session_record::{IncomingMessage, SessionRecord};
 pub use x3dh::{Party, PreKeyBundle};
+pub use trust::{IdentityChange, TrustStore};

@@ -588,3 +588,95 @@ fn derive_to(
     let next = current.next().ok_or(DecryptError::BeyondChainEnd)?;
     Ok((skipped, key, next))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::IdentityKeyPair;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn pair(rng: &mut StdRng) -> (Session, Session) {
+        let ik_a = IdentityKeyPair::from_seed(&[1; 32]).public_key();
+        let ik_b = IdentityKeyPair::from_seed(&[2; 32]).public_key();
+        let spk = Curve25519Secret::generate(rng);
+        let base = Curve25519Secret::generate(rng).public_key();
+        let pending = PendingPreKey {
+            identity_key: ik_a,
+            signed_prekey_id: 1,
+            one_time_key_id: None,
+            sender_user: "@a:x".into(),
+            sender_device: "A".into(),
+        };
+        let alice = Session::new_initiator(
+            rng,
+            Zeroizing::new([9; 32]),
+            b"ad".to_vec(),
+            ik_b,
+            &spk.public_key(),
+            base,
+            pending,
+        );
+        let bob = Session::new_responder(Zeroizing::new([9; 32]), b"ad".to_vec(), ik_a, spk, base);
+        match alice {
+            Ok(alice) => (alice, bob),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn ratchet(m: &OutgoingMessage) -> RatchetMessage {
+        match m {
+            OutgoingMessage::PreKey(p) => p.message.clone(),
+            OutgoingMessage::Normal(m) => m.clone(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_dh_steps() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let (mut alice, mut bob) = pair(&mut rng);
+        for round in 0..4u8 {
+            let m = alice.encrypt(&[round]).map(|m| ratchet(&m));
+            let pt = m.map(|m| bob.decrypt(&mut rng, &m, 0));
+            assert!(matches!(pt, Ok(Ok(ref p)) if p.as_slice() == [round]));
+            let m = bob.encrypt(&[round, 1]).map(|m| ratchet(&m));
+            let pt = m.map(|m| alice.decrypt(&mut rng, &m, 0));
+            assert!(matches!(pt, Ok(Ok(ref p)) if p.as_slice() == [round, 1]));
+        }
+        assert!(!alice.has_pending_prekey());
+        assert!(alice.receiver_chain_count() <= MAX_RECEIVER_CHAINS);
+    }
+
+    /// P20: a session whose sending counter reached u32::MAX refuses to encrypt instead of
+    /// wrapping around, and the receiver refuses N = u32::MAX.
+    #[test]
+    fn p20_counter_overflow_is_refused() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let (mut alice, mut bob) = pair(&mut rng);
+        alice.set_sending_index_for_test(u32::MAX - 1);
+        let last = alice.encrypt(b"last");
+        assert!(last.is_ok());
+        let before = alice.to_bytes();
+        assert_eq!(alice.encrypt(b"x").err(), Some(EncryptError::CounterExhausted));
+        assert_eq!(alice.to_bytes(), before);
+        let mut forged = last.map(|m| ratchet(&m)).unwrap_or_else(|e| panic!("{e}"));
+        forged.header.counter = u32::MAX;
+        let before = bob.to_bytes();
+        assert_eq!(
+            bob.decrypt(&mut rng, &forged, 0).err(),
+            Some(DecryptError::BeyondChainEnd)
+        );
+        assert_eq!(bob.to_bytes(), before);
+    }
+
+    #[test]
+    fn p21_session_debug_is_redacted() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let (alice, _) = pair(&mut rng);
+        let debug = format!("{alice:?}");
+        let secret = hex::encode(*alice.ratchet_secret.to_bytes());
+        assert!(!debug.contains(&secret));
+        assert!(!debug.contains(&hex::encode(alice.root_key.as_bytes())));
+        assert!(debug.starts_with("Session { remote_identity: IdentityKey("));
+    }
+}
