@@ -669,6 +669,27 @@ mod tests {
         assert_eq!(bob.to_bytes(), before);
     }
 
+    /// P6/P8: flipping any bit of the associated data (identity binding) on the receiving
+    /// side fails and leaves that session byte-identical.
+    #[test]
+    fn p06_associated_data_bit_flips_fail_without_state_change() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let (mut alice, bob) = pair(&mut rng);
+        let m = alice.encrypt(b"bound").map(|m| ratchet(&m)).unwrap_or_else(|e| panic!("{e}"));
+        for bit in 0..bob.associated_data.len() * 8 {
+            let mut other = bob.clone();
+            other.associated_data[bit / 8] ^= 1 << (bit % 8);
+            let before = other.to_bytes();
+            assert_eq!(
+                other.decrypt(&mut rng, &m, 0).err(),
+                Some(DecryptError::AuthenticationFailed)
+            );
+            assert_eq!(other.to_bytes(), before);
+        }
+        let mut bob = bob;
+        assert!(bob.decrypt(&mut rng, &m, 0).is_ok());
+    }
+
     #[test]
     fn p21_session_debug_is_redacted() {
         let mut rng = StdRng::seed_from_u64(3);
