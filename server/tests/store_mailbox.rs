@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use hush_server::store::{
-    DestinationRow, OutboundEdu, SendOutcome, SendRequest, Store, ToDeviceMessage, TxnKey,
+    DestinationRow, KeyUpload, OutboundEdu, SendOutcome, SendRequest, Store, ToDeviceMessage,
+    TxnKey, Wakeup,
 };
 
 store_tests!(
@@ -19,6 +20,7 @@ store_tests!(
     concurrent_committers_exactly_once_in_order,
     outbound_queue,
     prune_enforces_ttls,
+    wakeups_follow_commits,
 );
 
 const ALICE: &str = "@alice:hs.test";
@@ -513,4 +515,61 @@ async fn prune_enforces_ttls(store: Store) {
     assert_eq!(store.inbox_total().await.unwrap(), 0);
     assert_eq!(store.outbound_total().await.unwrap(), 0);
     assert_eq!(store.destination_state("r.test").await.unwrap(), None);
+}
+
+async fn wakeups_follow_commits(store: Store) {
+    user_with_devices(&store, ALICE, &["D", "E"], 0).await;
+    let Some(mut listener) = store.listen_wakeups().await.unwrap() else {
+        assert!(
+            !store.is_postgres(),
+            "PostgreSQL must offer cross-process wake-ups"
+        );
+        return;
+    };
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .expect("no wake-up within 10 s")
+            .unwrap()
+    };
+    let device = |d: &str| Wakeup::Device {
+        user_id: ALICE.into(),
+        device_id: d.into(),
+    };
+    let first = request("w1", vec![msg(ALICE, "D", BOB, "1")], vec![]);
+    store
+        .commit_sends(std::slice::from_ref(&first), 10, 0)
+        .await
+        .unwrap();
+    assert_eq!(next().await, device("D"));
+    // A duplicate writes nothing and wakes nobody: the next wake-up is for E.
+    assert_eq!(
+        store.commit_sends(&[first], 10, 0).await.unwrap(),
+        vec![SendOutcome::Duplicate]
+    );
+    store
+        .commit_sends(
+            &[request("w2", vec![msg(ALICE, "E", BOB, "2")], vec![])],
+            10,
+            0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(next().await, device("E"));
+    // A claimed one-time key wakes its owner.
+    let key = KeyUpload {
+        algorithm: "signed_curve25519".into(),
+        key_id: "K".into(),
+        json: "{}".into(),
+    };
+    store
+        .add_one_time_keys(ALICE, "D", &[key], 0)
+        .await
+        .unwrap();
+    store
+        .claim_one_time_key(ALICE, "D", "signed_curve25519")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next().await, device("D"));
 }

@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sqlx::Row;
 
+use super::notify::{wake_payload, WakeOnCommit};
+
 use super::{
     with_pools, with_tx, InboxEvent, Millis, OutboundEdu, SendOutcome, SendRequest, Store,
     StoreResult, ToDeviceMessage, TxnKey,
@@ -233,6 +235,12 @@ impl Store {
             }
 
             InboxInsert::insert_inbox(&mut *tx, &rows, now).await?;
+            let woken: Vec<String> = heads
+                .iter()
+                .filter(|(_, h)| h.dirty)
+                .map(|((user_id, device_id), _)| wake_payload(user_id, device_id))
+                .collect();
+            WakeOnCommit::wake_on_commit(&mut *tx, &woken).await?;
             for (&(user_id, device_id), head) in heads.iter().filter(|(_, h)| h.dirty) {
                 sqlx::query(
                     "UPDATE devices SET inbox_last_pos = $3 WHERE user_id = $1 AND device_id = $2",

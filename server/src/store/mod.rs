@@ -40,11 +40,13 @@ mod federation;
 pub mod federation_txn;
 mod keys;
 mod mailbox;
+mod notify;
 mod retention;
 
 pub use connect::SqliteSync;
 pub use federation::DestinationRow;
 pub use keys::MAX_ONE_TIME_KEYS_PER_DEVICE;
+pub use notify::{WakeListener, Wakeup, WAKE_CHANNEL};
 pub use retention::PruneCutoffs;
 
 use sqlx::{PgPool, SqlitePool};
