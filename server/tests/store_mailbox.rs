@@ -21,6 +21,7 @@ store_tests!(
     outbound_queue,
     prune_enforces_ttls,
     wakeups_follow_commits,
+    many_recipients_in_one_batch,
 );
 
 const ALICE: &str = "@alice:hs.test";
@@ -572,4 +573,66 @@ async fn wakeups_follow_commits(store: Store) {
         .unwrap()
         .unwrap();
     assert_eq!(next().await, device("D"));
+}
+
+async fn many_recipients_in_one_batch(store: Store) {
+    let devices: Vec<String> = (0..300).map(|i| format!("D{i:03}")).collect();
+    let names: Vec<&str> = devices.iter().map(String::as_str).collect();
+    user_with_devices(&store, ALICE, &names, 0).await;
+    // Fill one mailbox so its head is not at the start.
+    store
+        .commit_sends(
+            &[request("pre", vec![msg(ALICE, "D007", BOB, "pre")], vec![])],
+            10,
+            0,
+        )
+        .await
+        .unwrap();
+    let mut local: Vec<ToDeviceMessage> = names.iter().map(|d| msg(ALICE, d, BOB, d)).collect();
+    local.push(msg(ALICE, "MISSING", BOB, "dropped"));
+    local.push(msg("@ghost:hs.test", "D000", BOB, "dropped"));
+    let second: Vec<ToDeviceMessage> = names
+        .iter()
+        .rev()
+        .map(|d| msg(ALICE, d, BOB, &format!("{d}-2")))
+        .collect();
+    let out = store
+        .commit_sends(
+            &[
+                request("all", local, vec![]),
+                request("again", second, vec![]),
+            ],
+            10,
+            0,
+        )
+        .await
+        .unwrap();
+    let expected: Vec<(String, String)> = devices
+        .iter()
+        .map(|d| (ALICE.to_owned(), d.clone()))
+        .collect();
+    assert_eq!(
+        out,
+        vec![
+            SendOutcome::Committed(expected.clone()),
+            SendOutcome::Committed(expected)
+        ]
+    );
+    assert_eq!(store.inbox_total().await.unwrap(), 601);
+    for d in ["D000", "D007", "D299"] {
+        let inbox = store.ack_and_fetch_inbox(ALICE, d, 0, 10).await.unwrap();
+        let bodies: Vec<_> = inbox.iter().map(|e| body(&e.content)).collect();
+        let mut want = Vec::new();
+        if d == "D007" {
+            want.push("pre".to_owned());
+        }
+        want.push(d.to_owned());
+        want.push(format!("{d}-2"));
+        assert_eq!(bodies, want);
+        assert!(inbox.windows(2).all(|w| w[1].pos == w[0].pos + 1));
+        assert_eq!(
+            store.inbox_last_pos(ALICE, d).await.unwrap(),
+            inbox.last().map(|e| e.pos)
+        );
+    }
 }
