@@ -94,9 +94,18 @@ fn message_vector(
     let mut ad = x3dh_ad.to_vec();
     ad.extend_from_slice(&header);
     let ct = ChaCha20Poly1305::new(Key::from_slice(&material[..32]))
-        .encrypt(Nonce::from_slice(&material[32..]), Payload { msg: plaintext, aad: &ad })
+        .encrypt(
+            Nonce::from_slice(&material[32..]),
+            Payload {
+                msg: plaintext,
+                aad: &ad,
+            },
+        )
         .unwrap();
-    assert_eq!(ct, r.ciphertext, "{name}: ciphertext differs from the spec derivation");
+    assert_eq!(
+        ct, r.ciphertext,
+        "{name}: ciphertext differs from the spec derivation"
+    );
     let body = produced.to_bytes();
     let entry = json!({
         "name": name,
@@ -133,9 +142,23 @@ fn generate() -> Vec<(&'static str, Value)> {
     let (alice_user, alice_dev) = ("@alice:alpha.example", "ALICEDEVICE");
     let (bob_user, bob_dev) = ("@bob:beta.example", "BOBDEVICE");
 
-    let mut bob = Account::from_identity(&mut rng, IdentityKeyPair::from_seed(&bob_seed), bob_user, bob_dev, NOW).unwrap();
+    let mut bob = Account::from_identity(
+        &mut rng,
+        IdentityKeyPair::from_seed(&bob_seed),
+        bob_user,
+        bob_dev,
+        NOW,
+    )
+    .unwrap();
     bob.generate_one_time_keys(&mut rng, 1).unwrap();
-    let alice = Account::from_identity(&mut rng, IdentityKeyPair::from_seed(&alice_seed), alice_user, alice_dev, NOW).unwrap();
+    let alice = Account::from_identity(
+        &mut rng,
+        IdentityKeyPair::from_seed(&alice_seed),
+        alice_user,
+        alice_dev,
+        NOW,
+    )
+    .unwrap();
 
     // What a homeserver returns for a hush.x3dh_bundle claim.
     let fallback = bob.fallback_keys().unwrap();
@@ -154,18 +177,43 @@ fn generate() -> Vec<(&'static str, Value)> {
     let a1 = a_rec.encrypt(b"A1 arrives before A0").unwrap();
 
     // Bob receives A1 first (out of order), then A0.
-    let IncomingMessage::PreKey(pk1) = IncomingMessage::from_parts(0, &a1.to_bytes()).unwrap() else { panic!() };
+    let IncomingMessage::PreKey(pk1) = IncomingMessage::from_parts(0, &a1.to_bytes()).unwrap()
+    else {
+        panic!()
+    };
     let empty = SessionRecord::new(alice_user, alice_dev);
-    let inbound = bob.accept_inbound(&mut rng, &empty, alice_user, &pk1, NOW).unwrap();
+    let inbound = bob
+        .accept_inbound(&mut rng, &empty, alice_user, &pk1, NOW)
+        .unwrap();
     assert_eq!(inbound.plaintext.as_slice(), b"A1 arrives before A0");
     let mut b_rec = inbound.record;
-    let pt = b_rec.decrypt(&mut rng, &IncomingMessage::from_parts(0, &a0.to_bytes()).unwrap(), NOW).unwrap();
+    let pt = b_rec
+        .decrypt(
+            &mut rng,
+            &IncomingMessage::from_parts(0, &a0.to_bytes()).unwrap(),
+            NOW,
+        )
+        .unwrap();
     assert_eq!(pt.as_slice(), b"Hello Bob, this is message A0");
-    let b0 = b_rec.encrypt(b"Hi Alice, B0 (Bob's first DH step)").unwrap();
-    let pt = a_rec.decrypt(&mut rng, &IncomingMessage::from_parts(1, &b0.to_bytes()).unwrap(), NOW).unwrap();
+    let b0 = b_rec
+        .encrypt(b"Hi Alice, B0 (Bob's first DH step)")
+        .unwrap();
+    let pt = a_rec
+        .decrypt(
+            &mut rng,
+            &IncomingMessage::from_parts(1, &b0.to_bytes()).unwrap(),
+            NOW,
+        )
+        .unwrap();
     assert_eq!(pt.as_slice(), b"Hi Alice, B0 (Bob's first DH step)");
     let a2 = a_rec.encrypt(b"A2 after Alice's DH step").unwrap();
-    let pt = b_rec.decrypt(&mut rng, &IncomingMessage::from_parts(1, &a2.to_bytes()).unwrap(), NOW).unwrap();
+    let pt = b_rec
+        .decrypt(
+            &mut rng,
+            &IncomingMessage::from_parts(1, &a2.to_bytes()).unwrap(),
+            NOW,
+        )
+        .unwrap();
     assert_eq!(pt.as_slice(), b"A2 after Alice's DH step");
 
     // Independent derivation.
@@ -192,19 +240,48 @@ fn generate() -> Vec<(&'static str, Value)> {
     hkdf_sha256(Some(&[0u8; 32]), &ikm, INFO_X3DH, &mut sk).unwrap();
     let (a_ik_pub, b_ik_pub) = (alice_ik.public_key(), bob_ik.public_key());
     let ad = associated_data(
-        &Party { user_id: alice_user, device_id: alice_dev, identity_key: &a_ik_pub },
-        &Party { user_id: bob_user, device_id: bob_dev, identity_key: &b_ik_pub },
+        &Party {
+            user_id: alice_user,
+            device_id: alice_dev,
+            identity_key: &a_ik_pub,
+        },
+        &Party {
+            user_id: bob_user,
+            device_id: bob_dev,
+            identity_key: &b_ik_pub,
+        },
     );
     let (rk1, cka0) = kdf_rk(&sk, &dh(&ra0, &spk.public_key()));
     let (rk2, ckb0) = kdf_rk(&rk1, &dh(&rb0, &ra0.public_key()));
     assert_eq!(kdf_rk(&rk1, &dh(&ra0, &rb0.public_key())).1, ckb0);
     let (rk3, cka1) = kdf_rk(&rk2, &dh(&ra1, &rb0.public_key()));
 
-    let (v_a0, ck) = message_vector("A0", "alice", &cka0, &ad, b"Hello Bob, this is message A0", &a0);
+    let (v_a0, ck) = message_vector(
+        "A0",
+        "alice",
+        &cka0,
+        &ad,
+        b"Hello Bob, this is message A0",
+        &a0,
+    );
     let (v_a1, _) = message_vector("A1", "alice", &ck, &ad, b"A1 arrives before A0", &a1);
-    let (v_b0, _) = message_vector("B0", "bob", &ckb0, &ad, b"Hi Alice, B0 (Bob's first DH step)", &b0);
+    let (v_b0, _) = message_vector(
+        "B0",
+        "bob",
+        &ckb0,
+        &ad,
+        b"Hi Alice, B0 (Bob's first DH step)",
+        &b0,
+    );
     let (v_a2, _) = message_vector("A2", "alice", &cka1, &ad, b"A2 after Alice's DH step", &a2);
-    assert_eq!(ratchet_of(&a2).header, Header { ratchet_key: ra1.public_key(), previous_counter: 2, counter: 0 });
+    assert_eq!(
+        ratchet_of(&a2).header,
+        Header {
+            ratchet_key: ra1.public_key(),
+            previous_counter: 2,
+            counter: 0
+        }
+    );
     assert_eq!(ratchet_of(&b0).header.ratchet_key, rb0.public_key());
 
     let party = |name: &str, user: &str, dev: &str, seed: &[u8; 32], ik: &IdentityKeyPair| {
@@ -217,7 +294,10 @@ fn generate() -> Vec<(&'static str, Value)> {
             "identity_curve25519": hx(ik.public_key().to_curve25519().to_bytes()),
         })
     };
-    let random_values: Vec<Value> = labels.iter().map(|l| json!({"role": l, "value": hx(fixed(l))})).collect();
+    let random_values: Vec<Value> = labels
+        .iter()
+        .map(|l| json!({"role": l, "value": hx(fixed(l))}))
+        .collect();
     let x3dh = json!({
         "description": "hush.x3dh.ratchet.v1 X3DH from fixed keys. random_values are what the crate's RNG returned, in order. Bob's key objects and device keys are exactly as uploaded; bundle_claim is the keys/claim entry for algorithm hush.x3dh_bundle.",
         "random_values": random_values,
@@ -284,7 +364,11 @@ fn generate() -> Vec<(&'static str, Value)> {
             },
         ],
     });
-    vec![("x3dh.json", x3dh), ("ratchet.json", ratchet), ("fingerprint.json", fingerprint)]
+    vec![
+        ("x3dh.json", x3dh),
+        ("ratchet.json", ratchet),
+        ("fingerprint.json", fingerprint),
+    ]
 }
 
 #[test]
@@ -298,15 +382,23 @@ fn published_test_vectors_are_current() {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(&path, &text).unwrap();
         }
-        let stored = std::fs::read_to_string(&path)
-            .unwrap_or_else(|_| panic!("{} missing: run with HUSH_REGENERATE_VECTORS=1", path.display()));
+        let stored = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+            panic!(
+                "{} missing: run with HUSH_REGENERATE_VECTORS=1",
+                path.display()
+            )
+        });
         assert_eq!(stored, text, "{name} differs from the regenerated vectors");
     }
 }
 
 #[test]
 fn libsignal_fingerprint_case_in_vectors_is_reproduced() {
-    let cases = generate().into_iter().find(|(n, _)| *n == "fingerprint.json").unwrap().1;
+    let cases = generate()
+        .into_iter()
+        .find(|(n, _)| *n == "fingerprint.json")
+        .unwrap()
+        .1;
     let c = &cases["cases"][2];
     let key = |v: &Value| hex::decode(v[0].as_str().unwrap()).unwrap();
     let fp = Fingerprint::with_parameters(
