@@ -185,7 +185,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let dev = config_path.is_none();
-            let base = if dev { Config::dev() } else { Config::default() };
+            let base = if dev {
+                Config::dev()
+            } else {
+                Config::default()
+            };
             let config = Config::load_with(base, config_path, |k| std::env::var(k).ok())?;
             init_logging(config.log_format, "info");
             serve_command(config, dev).await
@@ -247,7 +251,10 @@ async fn connect(config: &Config) -> Result<Store, Failure> {
         if let Some(parent) = Path::new(path).parent() {
             if !parent.as_os_str().is_empty() {
                 std::fs::create_dir_all(parent).map_err(|e| {
-                    Failure::Runtime(format!("database_url: cannot create {}: {e}", parent.display()))
+                    Failure::Runtime(format!(
+                        "database_url: cannot create {}: {e}",
+                        parent.display()
+                    ))
                 })?;
             }
         }
@@ -277,7 +284,8 @@ async fn serve_command(config: Config, dev: bool) -> Result<(), Failure> {
         tracing::warn!(variable = %var, "unknown HUSHD_* environment variable ignored");
     }
     if config.registration == RegistrationMode::Open {
-        let banner = "registration is OPEN: anyone who can reach this server can create an account. \
+        let banner =
+            "registration is OPEN: anyone who can reach this server can create an account. \
                       Development only; use `hushd init` for a real server.";
         tracing::warn!("{banner}");
         eprintln!("WARNING: {banner}");
@@ -296,14 +304,15 @@ async fn serve_command(config: Config, dev: bool) -> Result<(), Failure> {
             tracing::info!(key_id = %id, path = %config.signing_key_path.display(), "generated a development signing key");
         }
     }
-    let (key_version, _key) = signing_key::read(&config.signing_key_path).map_err(|e| {
+    let key = signing_key::read(&config.signing_key_path).map_err(|e| {
         Failure::Usage(format!(
             "configuration error: signing_key_path: {e} (create one with `hushd init`)"
         ))
     })?;
     let tls = match &config.tls {
         Some(tls) => Some(
-            serve::load_tls(tls).map_err(|e| Failure::Usage(format!("configuration error: {e}")))?,
+            serve::load_tls(tls)
+                .map_err(|e| Failure::Usage(format!("configuration error: {e}")))?,
         ),
         None => None,
     };
@@ -311,7 +320,7 @@ async fn serve_command(config: Config, dev: bool) -> Result<(), Failure> {
     tracing::info!(
         server_name = %config.server_name,
         database = if store.is_postgres() { "postgres" } else { "sqlite" },
-        key_id = %format!("ed25519:{key_version}"),
+        key_id = %key.key_id(),
         registration = ?config.registration,
         "starting hushd {}",
         env!("CARGO_PKG_VERSION")
@@ -342,7 +351,10 @@ async fn serve_command(config: Config, dev: bool) -> Result<(), Failure> {
                 let metrics = metrics.clone();
                 async move {
                     (
-                        [(http::header::CONTENT_TYPE, hush_server::metrics::CONTENT_TYPE)],
+                        [(
+                            http::header::CONTENT_TYPE,
+                            hush_server::metrics::CONTENT_TYPE,
+                        )],
                         metrics.render(),
                     )
                 }
@@ -458,11 +470,18 @@ fn init_command(server_name: &str, dir: &Path) -> Result<(), Failure> {
         key_path.display()
     );
     println!("start with: hushd --config {}", config_path.display());
-    println!("create the first account with: hushd --config {} admin user create NAME", config_path.display());
+    println!(
+        "create the first account with: hushd --config {} admin user create NAME",
+        config_path.display()
+    );
     Ok(())
 }
 
-async fn admin_command(config: &Config, store: &Store, command: AdminCommand) -> Result<(), Failure> {
+async fn admin_command(
+    config: &Config,
+    store: &Store,
+    command: AdminCommand,
+) -> Result<(), Failure> {
     let runtime = |e: admin::AdminError| Failure::Runtime(e.to_string());
     match command {
         AdminCommand::User { command } => match command {
@@ -486,7 +505,10 @@ async fn admin_command(config: &Config, store: &Store, command: AdminCommand) ->
                 let devices = admin::list_devices(store, &config.server_name, &name)
                     .await
                     .map_err(runtime)?;
-                println!("{:<16} {:<24} {:<40} LAST SEEN", "DEVICE", "NAME", "LAST IP");
+                println!(
+                    "{:<16} {:<24} {:<40} LAST SEEN",
+                    "DEVICE", "NAME", "LAST IP"
+                );
                 for d in devices {
                     println!(
                         "{:<16} {:<24} {:<40} {}",
@@ -511,7 +533,10 @@ async fn admin_command(config: &Config, store: &Store, command: AdminCommand) ->
             }
             TokenCommand::List => {
                 let tokens = admin::list_tokens(store).await.map_err(runtime)?;
-                println!("{:<40} {:>8} {:>9} EXPIRES", "TOKEN", "ALLOWED", "COMPLETED");
+                println!(
+                    "{:<40} {:>8} {:>9} EXPIRES",
+                    "TOKEN", "ALLOWED", "COMPLETED"
+                );
                 for t in tokens {
                     println!(
                         "{:<40} {:>8} {:>9} {}",
@@ -536,40 +561,39 @@ async fn admin_command(config: &Config, store: &Store, command: AdminCommand) ->
 /// The password from a file's first line, or from standard input (prompted twice on a
 /// terminal). Only a trailing newline is removed.
 fn read_password(file: Option<&Path>) -> Result<Zeroizing<String>, Failure> {
-    let line = match file {
-        Some(path) => {
-            let text = Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| Failure::Usage(format!("--password-file {}: {e}", path.display())))?,
-            );
-            Zeroizing::new(text.lines().next().unwrap_or_default().to_owned())
-        }
-        None if std::io::stdin().is_terminal() => {
-            let first = Zeroizing::new(
-                rpassword::prompt_password("password: ")
-                    .map_err(|e| Failure::Runtime(format!("reading the password: {e}")))?,
-            );
-            let second = Zeroizing::new(
-                rpassword::prompt_password("again: ")
-                    .map_err(|e| Failure::Runtime(format!("reading the password: {e}")))?,
-            );
-            if *first != *second {
-                return Err(Failure::Usage("the passwords differ".into()));
+    let line =
+        match file {
+            Some(path) => {
+                let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                    Failure::Usage(format!("--password-file {}: {e}", path.display()))
+                })?);
+                Zeroizing::new(text.lines().next().unwrap_or_default().to_owned())
             }
-            first
-        }
-        None => {
-            let mut line = Zeroizing::new(String::new());
-            std::io::stdin()
-                .lock()
-                .read_line(&mut line)
-                .map_err(|e| Failure::Runtime(format!("reading the password from stdin: {e}")))?;
-            let mut rest = Zeroizing::new(Vec::new());
-            let _ = std::io::stdin().lock().read_to_end(&mut rest);
-            let trimmed = line.trim_end_matches(['\n', '\r']).to_owned();
-            Zeroizing::new(trimmed)
-        }
-    };
+            None if std::io::stdin().is_terminal() => {
+                let first = Zeroizing::new(
+                    rpassword::prompt_password("password: ")
+                        .map_err(|e| Failure::Runtime(format!("reading the password: {e}")))?,
+                );
+                let second = Zeroizing::new(
+                    rpassword::prompt_password("again: ")
+                        .map_err(|e| Failure::Runtime(format!("reading the password: {e}")))?,
+                );
+                if *first != *second {
+                    return Err(Failure::Usage("the passwords differ".into()));
+                }
+                first
+            }
+            None => {
+                let mut line = Zeroizing::new(String::new());
+                std::io::stdin().lock().read_line(&mut line).map_err(|e| {
+                    Failure::Runtime(format!("reading the password from stdin: {e}"))
+                })?;
+                let mut rest = Zeroizing::new(Vec::new());
+                let _ = std::io::stdin().lock().read_to_end(&mut rest);
+                let trimmed = line.trim_end_matches(['\n', '\r']).to_owned();
+                Zeroizing::new(trimmed)
+            }
+        };
     if line.is_empty() {
         return Err(Failure::Usage("the password is empty".into()));
     }
@@ -592,7 +616,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => 3600,
         "d" => 86_400,
         "w" => 7 * 86_400,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use s, m, h, d or w)")),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use s, m, h, d or w)"
+            ))
+        }
     };
     if n == 0 {
         return Err("the duration must be positive".into());
