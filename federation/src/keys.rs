@@ -542,7 +542,9 @@ mod tests {
             Some(5)
         );
         assert_eq!(verified.cache_until(1_000), 2_000);
-        assert_eq!(verified.cache_until(0).min(u64::MAX), 2_000);
+        let mut long_lived = verified.clone();
+        long_lived.valid_until_ts = 100 * MAX_KEY_VALIDITY_MS;
+        assert_eq!(long_lived.cache_until(1_000), 1_000 + MAX_KEY_VALIDITY_MS);
     }
 
     #[test]

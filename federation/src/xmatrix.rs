@@ -21,7 +21,7 @@ use ed25519_dalek::VerifyingKey;
 use serde_json::{Map, Value};
 
 use crate::ids::ServerName;
-use crate::keys::{ServerSigningKey, ED25519};
+use crate::keys::{ServerSigningKey, VerifiedServerKeys, ED25519};
 use crate::signing::{self, SigningError};
 
 /// The authentication scheme name.
@@ -61,6 +61,12 @@ pub enum XMatrixError {
     /// The header names a destination that is not us.
     #[error("request was addressed to {0}, not to this server")]
     WrongDestination(String),
+    /// The origin's key document does not list the key the header names (refetch it, then refuse).
+    #[error("unknown key {0} for the origin server")]
+    UnknownKey(String),
+    /// The key document passed for verification belongs to another server than the origin.
+    #[error("keys of {0} cannot verify a request from another origin")]
+    KeysForAnotherServer(String),
     /// The key id is not an ed25519 key.
     #[error("unsupported key algorithm in {0}")]
     UnsupportedKey(String),
@@ -142,9 +148,7 @@ impl XMatrixAuth {
     /// Parses an `Authorization` header value.
     pub fn parse(header: &str) -> Result<Self, XMatrixError> {
         let header = header.trim_start();
-        let scheme_end = header
-            .find(|c: char| c == ' ' || c == '\t')
-            .unwrap_or(header.len());
+        let scheme_end = header.find([' ', '\t']).unwrap_or(header.len());
         let (scheme, params) = header.split_at(scheme_end);
         if !scheme.eq_ignore_ascii_case(SCHEME) {
             return Err(XMatrixError::NotXMatrix);
@@ -207,6 +211,33 @@ impl XMatrixAuth {
         let object = request_object(method, uri, &self.origin, our_name, content);
         signing::verify_bytes(&signing::signing_bytes(&object)?, &self.sig, key)?;
         Ok(())
+    }
+}
+
+impl XMatrixAuth {
+    /// Verifies the request with the origin's verified key document: the key named in the header
+    /// must be one of its current `verify_keys` (old keys do not authenticate new requests).
+    ///
+    /// The caller checks that `keys` are still valid (see [`VerifiedServerKeys::cache_until`]) and
+    /// refetches them once on [`XMatrixError::UnknownKey`].
+    pub fn verify_with_keys(
+        &self,
+        method: &str,
+        uri: &str,
+        content: Option<&Value>,
+        our_name: &ServerName,
+        keys: &VerifiedServerKeys,
+    ) -> Result<(), XMatrixError> {
+        if keys.server_name != self.origin {
+            return Err(XMatrixError::KeysForAnotherServer(
+                keys.server_name.to_string(),
+            ));
+        }
+        let key = keys
+            .verify_keys
+            .get(&self.key)
+            .ok_or_else(|| XMatrixError::UnknownKey(self.key.clone()))?;
+        self.verify(method, uri, content, our_name, key)
     }
 }
 
@@ -499,7 +530,8 @@ mod tests {
 
     #[test]
     fn malformed_headers() {
-        let cases: &[(&str, fn(&XMatrixError) -> bool)] = &[
+        type Check = fn(&XMatrixError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("", |e| matches!(e, XMatrixError::NotXMatrix)),
             ("Bearer abc", |e| matches!(e, XMatrixError::NotXMatrix)),
             ("X-Matrixorigin=a", |e| {
@@ -569,6 +601,37 @@ mod tests {
         assert!(matches!(
             auth.verify("GET", "/x", None, &name("b"), &key.verifying_key()),
             Err(XMatrixError::Signature(SigningError::MalformedSignature))
+        ));
+    }
+
+    #[test]
+    fn verify_with_key_documents() {
+        use crate::keys::{build_key_document, verify_key_document, OldVerifyKey};
+        let key = key();
+        let retired = ServerSigningKey::from_seed("old", &[5u8; 32]).unwrap();
+        let origin = name("a.example");
+        let old = [OldVerifyKey {
+            key_id: retired.key_id(),
+            key: retired.verifying_key(),
+            expired_ts: 1,
+        }];
+        let document = build_key_document(&origin, &[&key], &old, 10_000).unwrap();
+        let keys = verify_key_document(&document, &origin, 1).unwrap();
+        let auth = sign_request(&key, &origin, &name("b.example"), "GET", "/x", None).unwrap();
+        auth.verify_with_keys("GET", "/x", None, &name("b.example"), &keys)
+            .unwrap();
+        // Signed with a retired key: refused.
+        let stale = sign_request(&retired, &origin, &name("b.example"), "GET", "/x", None).unwrap();
+        assert!(matches!(
+            stale.verify_with_keys("GET", "/x", None, &name("b.example"), &keys),
+            Err(XMatrixError::UnknownKey(_))
+        ));
+        // Keys of another server cannot vouch for this origin.
+        let other = build_key_document(&name("c.example"), &[&key], &[], 10_000).unwrap();
+        let other = verify_key_document(&other, &name("c.example"), 1).unwrap();
+        assert!(matches!(
+            auth.verify_with_keys("GET", "/x", None, &name("b.example"), &other),
+            Err(XMatrixError::KeysForAnotherServer(_))
         ));
     }
 

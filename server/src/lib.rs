@@ -5,5 +5,10 @@
 
 pub mod admin;
 pub mod config;
+pub mod metrics;
+pub mod middleware;
 pub mod password;
+pub mod ratelimit;
+pub mod serve;
+pub mod signing_key;
 pub mod store;
