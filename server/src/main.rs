@@ -490,9 +490,14 @@ async fn admin_command(
                 password_file,
             } => {
                 let password = read_password(password_file.as_deref())?;
-                let user_id = admin::create_user(store, &config.server_name, &name, &password)
-                    .await
-                    .map_err(runtime)?;
+                let user_id = admin::create_user(
+                    store,
+                    &config.server_name,
+                    &name,
+                    Some(password.to_string()),
+                )
+                .await
+                .map_err(runtime)?;
                 println!("created {user_id}");
             }
             UserCommand::Deactivate { name } => {
@@ -526,13 +531,23 @@ async fn admin_command(
                 expires_in,
                 token,
             } => {
-                let row = admin::create_token(store, token.as_deref(), uses, expires_in)
-                    .await
-                    .map_err(runtime)?;
+                let row = admin::create_registration_token(
+                    store,
+                    token.as_deref(),
+                    uses,
+                    expires_in.map(|d| {
+                        hush_server::service::now_ms()
+                            .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                    }),
+                )
+                .await
+                .map_err(runtime)?;
                 println!("{}", row.token);
             }
             TokenCommand::List => {
-                let tokens = admin::list_tokens(store).await.map_err(runtime)?;
+                let tokens = admin::list_registration_tokens(store)
+                    .await
+                    .map_err(runtime)?;
                 println!(
                     "{:<40} {:>8} {:>9} EXPIRES",
                     "TOKEN", "ALLOWED", "COMPLETED"
@@ -550,7 +565,9 @@ async fn admin_command(
                 }
             }
             TokenCommand::Revoke { token } => {
-                admin::revoke_token(store, &token).await.map_err(runtime)?;
+                admin::revoke_registration_token(store, &token)
+                    .await
+                    .map_err(runtime)?;
                 println!("revoked {token}");
             }
         },
