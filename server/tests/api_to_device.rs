@@ -247,10 +247,7 @@ both_backends!(
         assert_eq!(rest, (5..12).collect::<Vec<u64>>());
         // Going back to an acknowledged position does not resurrect deleted messages.
         let old = b
-            .sync(
-                Some(&first["next_batch"].as_str().expect("nb").to_owned()),
-                0,
-            )
+            .sync(Some(first["next_batch"].as_str().expect("nb")), 0)
             .await;
         let old_ids: Vec<u64> = events(&old)
             .iter()
