@@ -180,6 +180,7 @@ impl TestServer {
             key = dir.path().join("signing.key").display(),
             limits = options.limits.join("\n"),
         );
+        hush_server::signing_key::generate(&dir.path().join("signing.key")).expect("signing key");
         let config_path = dir.path().join("hushd.toml");
         std::fs::write(&config_path, config).expect("write config");
         let http = reqwest::Client::builder()
