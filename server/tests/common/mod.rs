@@ -9,6 +9,8 @@
 //!   the same server on the same database. The process is killed and the database dropped when
 //!   the value is dropped (also when a test panics).
 //! * [`Client`] wraps one logged-in device with JSON helpers returning `(status, body)`.
+//! * Debug aid: with `HUSH_API_TEST_INPROCESS=1` the router runs inside the test process instead
+//!   of the binary (no ops middleware; "kill -9" drops its runtime). The default is the binary.
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
 use std::net::TcpListener;
