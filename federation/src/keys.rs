@@ -150,10 +150,11 @@ impl ServerSigningKey {
     /// The key file line for this key (contains the secret seed).
     pub fn to_key_file(&self) -> Zeroizing<String> {
         let seed = Zeroizing::new(self.key.to_bytes());
+        let seed_b64 = Zeroizing::new(encode_unpadded(seed.as_slice()));
         Zeroizing::new(format!(
             "{ED25519} {} {}\n",
             self.version,
-            encode_unpadded(seed.as_slice())
+            seed_b64.as_str()
         ))
     }
 
@@ -542,7 +543,9 @@ mod tests {
             Some(5)
         );
         assert_eq!(verified.cache_until(1_000), 2_000);
-        assert_eq!(verified.cache_until(0).min(u64::MAX), 2_000);
+        let mut long_lived = verified.clone();
+        long_lived.valid_until_ts = 100 * MAX_KEY_VALIDITY_MS;
+        assert_eq!(long_lived.cache_until(1_000), 1_000 + MAX_KEY_VALIDITY_MS);
     }
 
     #[test]

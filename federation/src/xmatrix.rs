@@ -21,7 +21,7 @@ use ed25519_dalek::VerifyingKey;
 use serde_json::{Map, Value};
 
 use crate::ids::ServerName;
-use crate::keys::{ServerSigningKey, ED25519};
+use crate::keys::{ServerSigningKey, VerifiedServerKeys, ED25519};
 use crate::signing::{self, SigningError};
 
 /// The authentication scheme name.
@@ -61,6 +61,12 @@ pub enum XMatrixError {
     /// The header names a destination that is not us.
     #[error("request was addressed to {0}, not to this server")]
     WrongDestination(String),
+    /// The origin's key document does not list the key the header names (refetch it, then refuse).
+    #[error("unknown key {0} for the origin server")]
+    UnknownKey(String),
+    /// The key document passed for verification belongs to another server than the origin.
+    #[error("keys of {0} cannot verify a request from another origin")]
+    KeysForAnotherServer(String),
     /// The key id is not an ed25519 key.
     #[error("unsupported key algorithm in {0}")]
     UnsupportedKey(String),
@@ -105,6 +111,31 @@ pub fn request_object(
     Value::Object(object)
 }
 
+/// The bytes an X-Matrix signature covers: the canonical JSON of [`request_object`], computed
+/// without copying `content`.
+pub fn request_signing_bytes(
+    method: &str,
+    uri: &str,
+    origin: &ServerName,
+    destination: &ServerName,
+    content: Option<&Value>,
+) -> Result<Vec<u8>, SigningError> {
+    let method = Value::String(method.to_ascii_uppercase());
+    let uri = Value::String(uri.to_owned());
+    let origin = Value::String(origin.to_string());
+    let destination = Value::String(destination.to_string());
+    let mut entries = vec![
+        ("method", &method),
+        ("uri", &uri),
+        ("origin", &origin),
+        ("destination", &destination),
+    ];
+    if let Some(content) = content {
+        entries.push(("content", content));
+    }
+    Ok(crate::canonical::entries_to_canonical_bytes(entries)?)
+}
+
 /// Signs a request as `origin` with `key` and returns the header parameters.
 pub fn sign_request(
     key: &ServerSigningKey,
@@ -114,8 +145,8 @@ pub fn sign_request(
     uri: &str,
     content: Option<&Value>,
 ) -> Result<XMatrixAuth, SigningError> {
-    let object = request_object(method, uri, origin, destination, content);
-    let sig = signing::sign_bytes(&signing::signing_bytes(&object)?, key.signing_key());
+    let bytes = request_signing_bytes(method, uri, origin, destination, content)?;
+    let sig = signing::sign_bytes(&bytes, key.signing_key());
     Ok(XMatrixAuth {
         origin: origin.clone(),
         destination: Some(destination.clone()),
@@ -142,9 +173,7 @@ impl XMatrixAuth {
     /// Parses an `Authorization` header value.
     pub fn parse(header: &str) -> Result<Self, XMatrixError> {
         let header = header.trim_start();
-        let scheme_end = header
-            .find(|c: char| c == ' ' || c == '\t')
-            .unwrap_or(header.len());
+        let scheme_end = header.find([' ', '\t']).unwrap_or(header.len());
         let (scheme, params) = header.split_at(scheme_end);
         if !scheme.eq_ignore_ascii_case(SCHEME) {
             return Err(XMatrixError::NotXMatrix);
@@ -204,9 +233,36 @@ impl XMatrixAuth {
         if crate::keys::split_key_id(&self.key).map(|(alg, _)| alg) != Some(ED25519) {
             return Err(XMatrixError::UnsupportedKey(self.key.clone()));
         }
-        let object = request_object(method, uri, &self.origin, our_name, content);
-        signing::verify_bytes(&signing::signing_bytes(&object)?, &self.sig, key)?;
+        let bytes = request_signing_bytes(method, uri, &self.origin, our_name, content)?;
+        signing::verify_bytes(&bytes, &self.sig, key)?;
         Ok(())
+    }
+}
+
+impl XMatrixAuth {
+    /// Verifies the request with the origin's verified key document: the key named in the header
+    /// must be one of its current `verify_keys` (old keys do not authenticate new requests).
+    ///
+    /// The caller checks that `keys` are still valid (see [`VerifiedServerKeys::cache_until`]) and
+    /// refetches them once on [`XMatrixError::UnknownKey`].
+    pub fn verify_with_keys(
+        &self,
+        method: &str,
+        uri: &str,
+        content: Option<&Value>,
+        our_name: &ServerName,
+        keys: &VerifiedServerKeys,
+    ) -> Result<(), XMatrixError> {
+        if keys.server_name != self.origin {
+            return Err(XMatrixError::KeysForAnotherServer(
+                keys.server_name.to_string(),
+            ));
+        }
+        let key = keys
+            .verify_keys
+            .get(&self.key)
+            .ok_or_else(|| XMatrixError::UnknownKey(self.key.clone()))?;
+        self.verify(method, uri, content, our_name, key)
     }
 }
 
@@ -499,7 +555,8 @@ mod tests {
 
     #[test]
     fn malformed_headers() {
-        let cases: &[(&str, fn(&XMatrixError) -> bool)] = &[
+        type Check = fn(&XMatrixError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("", |e| matches!(e, XMatrixError::NotXMatrix)),
             ("Bearer abc", |e| matches!(e, XMatrixError::NotXMatrix)),
             ("X-Matrixorigin=a", |e| {
@@ -569,6 +626,37 @@ mod tests {
         assert!(matches!(
             auth.verify("GET", "/x", None, &name("b"), &key.verifying_key()),
             Err(XMatrixError::Signature(SigningError::MalformedSignature))
+        ));
+    }
+
+    #[test]
+    fn verify_with_key_documents() {
+        use crate::keys::{build_key_document, verify_key_document, OldVerifyKey};
+        let key = key();
+        let retired = ServerSigningKey::from_seed("old", &[5u8; 32]).unwrap();
+        let origin = name("a.example");
+        let old = [OldVerifyKey {
+            key_id: retired.key_id(),
+            key: retired.verifying_key(),
+            expired_ts: 1,
+        }];
+        let document = build_key_document(&origin, &[&key], &old, 10_000).unwrap();
+        let keys = verify_key_document(&document, &origin, 1).unwrap();
+        let auth = sign_request(&key, &origin, &name("b.example"), "GET", "/x", None).unwrap();
+        auth.verify_with_keys("GET", "/x", None, &name("b.example"), &keys)
+            .unwrap();
+        // Signed with a retired key: refused.
+        let stale = sign_request(&retired, &origin, &name("b.example"), "GET", "/x", None).unwrap();
+        assert!(matches!(
+            stale.verify_with_keys("GET", "/x", None, &name("b.example"), &keys),
+            Err(XMatrixError::UnknownKey(_))
+        ));
+        // Keys of another server cannot vouch for this origin.
+        let other = build_key_document(&name("c.example"), &[&key], &[], 10_000).unwrap();
+        let other = verify_key_document(&other, &name("c.example"), 1).unwrap();
+        assert!(matches!(
+            auth.verify_with_keys("GET", "/x", None, &name("b.example"), &other),
+            Err(XMatrixError::KeysForAnotherServer(_))
         ));
     }
 

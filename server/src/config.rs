@@ -932,8 +932,10 @@ mod tests {
 
     #[test]
     fn example_parses_back_to_its_config() -> Result<(), ConfigError> {
-        let mut config = Config::default();
-        config.server_name = "example.org".into();
+        let config = Config {
+            server_name: "example.org".into(),
+            ..Config::default()
+        };
         let text = example_toml(&config);
         let back = load_text(&text, &[])?;
         assert_eq!(back.server_name, "example.org");

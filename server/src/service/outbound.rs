@@ -1,0 +1,489 @@
+//! The outbound federation sender: drains the durable queue, one task per destination.
+//!
+//! * A manager task looks for destinations with queued EDUs whose next attempt is due (every
+//!   [`OutboundConfig::poll_interval`], or at once after [`OutboundSender::poke`]) and starts a
+//!   sender task for each that has none.
+//! * A sender task sends one transaction at a time: the transaction already in flight (after a
+//!   restart), else up to [`MAX_EDUS_PER_TXN`] queued EDUs, written to the store as the in-flight
+//!   transaction before the first attempt. It retries the same txnId with the same body until the
+//!   destination answers 200, waiting [`retry_delay_ms`] between attempts (exponential with
+//!   jitter, capped at one hour). On 200 the EDUs are deleted and the next batch goes out. The
+//!   task ends when the queue of its destination is empty.
+//! * Any authenticated request from a destination ([`OutboundSender::contacted`]) ends its
+//!   backoff at once, as does `hushd admin federation reset` (the waiting task rechecks the
+//!   stored retry state every few seconds).
+//! * Destinations the allow/deny lists refuse get nothing: their queue is dropped (logged).
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use hush_federation::canonical::to_canonical_bytes;
+use hush_federation::ids::ServerName;
+use hush_federation::keys::unix_millis_now;
+use rand::Rng;
+use serde_json::{json, Value};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::service::federation_policy::ServerPolicy;
+use crate::store::federation::DestinationRow;
+use crate::store::federation_txn::InflightTxn;
+use crate::store::{Millis, Store};
+
+/// Most EDUs in one transaction (the protocol's limit).
+pub const MAX_EDUS_PER_TXN: i64 = 100;
+/// Longest wait between two attempts, whatever the configuration says.
+pub const MAX_RETRY_DELAY_MS: u64 = 60 * 60 * 1000;
+/// How often a backing-off task rechecks the stored retry state (for admin resets).
+const RECHECK_MS: u64 = 3_000;
+
+/// A boxed future returned by [`TransactionTransport::send`].
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// Delivers one transaction (`PUT /_matrix/federation/v1/send/{txnId}`).
+pub trait TransactionTransport: Send + Sync {
+    /// Sends `body` as transaction `txn_id`; `Ok` only on a 2xx answer.
+    fn send<'a>(&'a self, destination: &'a ServerName, txn_id: &'a str, body: &'a Value)
+        -> SendFuture<'a>;
+}
+
+/// Retry timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Wait after the first failure (ms).
+    pub min_ms: u64,
+    /// Longest wait (ms); never more than [`MAX_RETRY_DELAY_MS`].
+    pub max_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            min_ms: 2_000,
+            max_ms: MAX_RETRY_DELAY_MS,
+        }
+    }
+}
+
+/// The wait after `failures` consecutive failures: `min * 2^(failures-1)`, capped at the
+/// maximum, then scaled into `[50%, 100%]` by `jitter` (a number in `[0, 1)`) so servers that
+/// failed together do not retry in lockstep.
+pub fn retry_delay_ms(failures: u32, policy: &RetryPolicy, jitter: f64) -> u64 {
+    let cap = policy.max_ms.min(MAX_RETRY_DELAY_MS).max(1);
+    let exp = failures.saturating_sub(1).min(40);
+    let base = policy.min_ms.max(1).saturating_mul(1u64 << exp).min(cap);
+    let jitter = jitter.clamp(0.0, 1.0);
+    // u64 -> f64 -> u64 is exact for delays below an hour.
+    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let spread = ((base / 2) as f64 * jitter) as u64;
+    (base - base / 2 + spread).min(cap)
+}
+
+/// Settings of the sender.
+#[derive(Debug, Clone)]
+pub struct OutboundConfig {
+    /// This server's name (the `origin` of transactions).
+    pub origin: ServerName,
+    /// Retry timing.
+    pub retry: RetryPolicy,
+    /// How often the manager looks for due destinations.
+    pub poll_interval: Duration,
+}
+
+struct Destination {
+    /// Woken to end a backoff early.
+    wake: Notify,
+    /// Whether the task is waiting after a failure.
+    backing_off: AtomicBool,
+}
+
+struct Inner {
+    store: Store,
+    transport: Arc<dyn TransactionTransport>,
+    policy: Arc<ServerPolicy>,
+    config: OutboundConfig,
+    active: Mutex<HashMap<String, Arc<Destination>>>,
+    /// Destinations with a stored backoff but no running task (after a restart).
+    dormant_backoff: Mutex<HashSet<String>>,
+    poke: Notify,
+    stop: watch::Sender<bool>,
+    edus_sent: std::sync::atomic::AtomicU64,
+    txns_sent: std::sync::atomic::AtomicU64,
+}
+
+/// Handle on the running sender; cheap to clone.
+#[derive(Clone)]
+pub struct OutboundSender {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for OutboundSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundSender")
+            .field("origin", &self.inner.config.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The running manager task.
+#[derive(Debug)]
+pub struct OutboundTask {
+    handle: JoinHandle<()>,
+}
+
+impl OutboundTask {
+    /// Waits for the manager to stop (after [`OutboundSender::shutdown`]).
+    pub async fn join(self) {
+        if let Err(e) = self.handle.await {
+            tracing::warn!(error = %e, "federation sender ended abnormally");
+        }
+    }
+}
+
+impl OutboundSender {
+    /// Starts the manager task.
+    pub fn start(
+        store: Store,
+        transport: Arc<dyn TransactionTransport>,
+        policy: Arc<ServerPolicy>,
+        config: OutboundConfig,
+    ) -> (OutboundSender, OutboundTask) {
+        let (stop, _) = watch::channel(false);
+        let sender = OutboundSender {
+            inner: Arc::new(Inner {
+                store,
+                transport,
+                policy,
+                config,
+                active: Mutex::new(HashMap::new()),
+                dormant_backoff: Mutex::new(HashSet::new()),
+                poke: Notify::new(),
+                stop,
+                edus_sent: Default::default(),
+                txns_sent: Default::default(),
+            }),
+        };
+        let handle = tokio::spawn(sender.clone().manage());
+        (sender, OutboundTask { handle })
+    }
+
+    /// New EDUs were queued: look for work now instead of at the next poll.
+    pub fn poke(&self) {
+        self.inner.poke.notify_one();
+    }
+
+    /// `origin` just sent us an authenticated request: it is up, so stop backing off.
+    pub fn contacted(&self, origin: &ServerName) {
+        let name = origin.as_str();
+        let running = self
+            .inner
+            .active
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned();
+        if let Some(dest) = running {
+            if dest.backing_off.load(Ordering::Acquire) {
+                tracing::debug!(destination = %name, "destination contacted us; retrying now");
+                dest.wake.notify_one();
+            }
+            return;
+        }
+        let dormant = self
+            .inner
+            .dormant_backoff
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+        if dormant {
+            let this = self.clone();
+            let name = name.to_owned();
+            tokio::spawn(async move {
+                let now = now_ms();
+                if let Err(e) = this.inner.store.federation_reset_destination(&name, now).await {
+                    tracing::warn!(destination = %name, error = %e, "cannot reset backoff");
+                }
+                this.poke();
+            });
+        }
+    }
+
+    /// `(transactions, EDUs)` delivered since start (for metrics and the benchmark).
+    pub fn delivered(&self) -> (u64, u64) {
+        (
+            self.inner.txns_sent.load(Ordering::Relaxed),
+            self.inner.edus_sent.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Stops the manager and every sender task. A transaction in flight stays stored and is
+    /// resumed at the next start.
+    pub fn shutdown(&self) {
+        self.inner.stop.send_replace(true);
+    }
+
+    fn stopping(&self) -> bool {
+        *self.inner.stop.borrow()
+    }
+
+    async fn manage(self) {
+        let mut stop = self.inner.stop.subscribe();
+        match self.inner.store.federation_overview().await {
+            Ok(all) => {
+                let now = now_ms();
+                let mut dormant = self
+                    .inner
+                    .dormant_backoff
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                for d in all.into_iter().filter(|d| d.next_attempt_ts > now) {
+                    dormant.insert(d.destination);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read federation destinations"),
+        }
+        loop {
+            if self.stopping() {
+                break;
+            }
+            match self.inner.store.outbound_due_destinations(now_ms(), 1_000).await {
+                Ok(due) => {
+                    for destination in due {
+                        self.ensure_task(destination);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the outbound queue"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.inner.config.poll_interval) => {}
+                _ = self.inner.poke.notified() => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    fn ensure_task(&self, destination: String) {
+        let dest = {
+            let mut active = self
+                .inner
+                .active
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if active.contains_key(&destination) {
+                return;
+            }
+            let dest = Arc::new(Destination {
+                wake: Notify::new(),
+                backing_off: AtomicBool::new(false),
+            });
+            active.insert(destination.clone(), dest.clone());
+            dest
+        };
+        self.inner
+            .dormant_backoff
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&destination);
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.drain(&destination, &dest).await {
+                tracing::warn!(%destination, error = %e, "federation sender stopped; will restart");
+            }
+            this.inner
+                .active
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&destination);
+        });
+    }
+
+    /// Sends everything queued for `destination`, one transaction at a time.
+    async fn drain(&self, destination: &str, dest: &Destination) -> Result<(), String> {
+        let store = &self.inner.store;
+        let name = ServerName::parse(destination).map_err(|e| e.to_string())?;
+        if !self.inner.policy.allows(&name) {
+            let dropped = store
+                .federation_discard(destination)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::warn!(%destination, dropped, "dropped EDUs for a server the policy refuses");
+            return Ok(());
+        }
+        let mut failures: u32 = store
+            .destination_state(destination)
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|row| u32::try_from(row.retry_count).unwrap_or(u32::MAX))
+            .unwrap_or(0);
+        while !self.stopping() {
+            let txn = match store
+                .federation_inflight(destination)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Some(txn) => txn,
+                None => match self.next_txn(destination).await? {
+                    Some(txn) => txn,
+                    None => return Ok(()),
+                },
+            };
+            let body: Value = serde_json::from_str(&txn.body).map_err(|e| e.to_string())?;
+            loop {
+                if self.stopping() {
+                    return Ok(());
+                }
+                match self.inner.transport.send(&name, &txn.txn_id, &body).await {
+                    Ok(()) => {
+                        store
+                            .federation_finish_txn(&txn, now_ms())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        dest.backing_off.store(false, Ordering::Release);
+                        failures = 0;
+                        self.inner.txns_sent.fetch_add(1, Ordering::Relaxed);
+                        self.inner.edus_sent.fetch_add(
+                            u64::try_from(txn.edu_ids.len()).unwrap_or(0),
+                            Ordering::Relaxed,
+                        );
+                        break;
+                    }
+                    Err(reason) => {
+                        failures = failures.saturating_add(1);
+                        let delay = retry_delay_ms(
+                            failures,
+                            &self.inner.config.retry,
+                            rand::thread_rng().gen::<f64>(),
+                        );
+                        let next = now_ms().saturating_add(i64::try_from(delay).unwrap_or(0));
+                        tracing::info!(%destination, txn = %txn.txn_id, failures, delay_ms = delay, %reason,
+                            "transaction failed; backing off");
+                        let row = DestinationRow {
+                            destination: destination.to_owned(),
+                            retry_count: i64::from(failures),
+                            next_attempt_ts: next,
+                            last_txn_id: Some(txn.txn_id.clone()),
+                        };
+                        store
+                            .set_destination_state(&row, now_ms())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        dest.backing_off.store(true, Ordering::Release);
+                        if self.wait_backoff(destination, dest, next).await {
+                            failures = 0;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until `until`, an early wake (contact), an admin reset, or shutdown. Returns
+    /// `true` when the backoff was cut short by a contact or reset.
+    async fn wait_backoff(&self, destination: &str, dest: &Destination, until: Millis) -> bool {
+        let mut stop = self.inner.stop.subscribe();
+        loop {
+            let now = now_ms();
+            if now >= until || self.stopping() {
+                return false;
+            }
+            let left = u64::try_from(until - now).unwrap_or(0);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(left.min(RECHECK_MS))) => {}
+                _ = dest.wake.notified() => {
+                    let _ = self.inner.store.federation_reset_destination(destination, now_ms()).await;
+                    dest.backing_off.store(false, Ordering::Release);
+                    return true;
+                }
+                _ = stop.changed() => return false,
+            }
+            // An admin may have reset the destination in the database.
+            if let Ok(Some(row)) = self.inner.store.destination_state(destination).await {
+                if row.retry_count == 0 || row.next_attempt_ts <= now_ms() {
+                    dest.backing_off.store(false, Ordering::Release);
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Builds the next transaction from the queue and stores it as in flight.
+    async fn next_txn(&self, destination: &str) -> Result<Option<InflightTxn>, String> {
+        let store = &self.inner.store;
+        let queued = store
+            .outbound_peek(destination, MAX_EDUS_PER_TXN)
+            .await
+            .map_err(|e| e.to_string())?;
+        if queued.is_empty() {
+            return Ok(None);
+        }
+        let mut edus = Vec::with_capacity(queued.len());
+        let mut ids = Vec::with_capacity(queued.len());
+        for (id, edu) in queued {
+            ids.push(id);
+            // Content that cannot be signed (floats, huge integers) would block the queue forever.
+            match serde_json::from_str::<Value>(&edu.content) {
+                Ok(content) if to_canonical_bytes(&content).is_ok() => {
+                    edus.push(json!({"edu_type": edu.edu_type, "content": content}));
+                }
+                _ => tracing::warn!(%destination, id, "dropping an EDU that cannot be signed"),
+            }
+        }
+        let now = now_ms();
+        let txn_id = format!("{now}_{:08x}", rand::thread_rng().gen::<u32>());
+        let body = json!({
+            "origin": self.inner.config.origin.as_str(),
+            "origin_server_ts": now,
+            "pdus": [],
+            "edus": edus,
+        });
+        let txn = InflightTxn {
+            destination: destination.to_owned(),
+            txn_id,
+            body: body.to_string(),
+            edu_ids: ids,
+        };
+        store
+            .federation_save_inflight(&txn, now)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Some(txn))
+    }
+}
+
+fn now_ms() -> Millis {
+    i64::try_from(unix_millis_now()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_exponentially_with_jitter_and_cap() {
+        let policy = RetryPolicy {
+            min_ms: 1_000,
+            max_ms: 10 * MAX_RETRY_DELAY_MS,
+        };
+        assert_eq!(retry_delay_ms(1, &policy, 0.0), 500);
+        assert_eq!(retry_delay_ms(1, &policy, 0.999_999), 999);
+        assert_eq!(retry_delay_ms(2, &policy, 0.0), 1_000);
+        assert_eq!(retry_delay_ms(4, &policy, 0.0), 4_000);
+        for failures in [20, 40, u32::MAX] {
+            for jitter in [0.0, 0.5, 0.99] {
+                let d = retry_delay_ms(failures, &policy, jitter);
+                assert!(d <= MAX_RETRY_DELAY_MS, "capped at one hour: {d}");
+                assert!(d >= MAX_RETRY_DELAY_MS / 2);
+            }
+        }
+        let short = RetryPolicy {
+            min_ms: 50,
+            max_ms: 200,
+        };
+        assert!(retry_delay_ms(10, &short, 0.99) <= 200);
+    }
+}
