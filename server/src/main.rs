@@ -237,6 +237,7 @@ fn init_logging(format: LogFormat, default_level: &str) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -290,6 +291,13 @@ async fn serve_command(config: Config, dev: bool) -> Result<(), Failure> {
         tracing::warn!("{banner}");
         eprintln!("WARNING: {banner}");
     }
+    let tls = match &config.tls {
+        Some(tls) => Some(
+            serve::load_tls(tls)
+                .map_err(|e| Failure::Usage(format!("configuration error: {e}")))?,
+        ),
+        None => None,
+    };
     if dev {
         if config.server_name.starts_with("localhost") {
             eprintln!(
@@ -309,13 +317,6 @@ async fn serve_command(config: Config, dev: bool) -> Result<(), Failure> {
             "configuration error: signing_key_path: {e} (create one with `hushd init`)"
         ))
     })?;
-    let tls = match &config.tls {
-        Some(tls) => Some(
-            serve::load_tls(tls)
-                .map_err(|e| Failure::Usage(format!("configuration error: {e}")))?,
-        ),
-        None => None,
-    };
     let store = connect(&config).await?;
     tracing::info!(
         server_name = %config.server_name,
