@@ -216,19 +216,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Config { command } => match command {
             ConfigCommand::Check => {
                 let config = Config::load(config_path)?;
-                println!("configuration OK\n{config:#?}");
+                out(&format!("configuration OK\n{config:#?}\n"));
                 Ok(())
             }
             ConfigCommand::Example => {
-                println!("{}", config::example_toml(&Config::default()));
+                out(&format!("{}\n", config::example_toml(&Config::default())));
                 Ok(())
             }
             ConfigCommand::Reference => {
-                print!("{}", config::reference_markdown());
+                out(&config::reference_markdown());
                 Ok(())
             }
         },
     }
+}
+
+/// Writes to standard output, ignoring a closed pipe (`hushd config example | head`).
+fn out(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 /// Logs to standard error; the level comes from `RUST_LOG` (else `default_level`).

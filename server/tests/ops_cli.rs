@@ -137,10 +137,18 @@ async fn environment_overrides_reach_the_server() -> TestResult {
     let (db, _pg) = database("sqlite", dir.path())?;
     // A config file means a real server: its signing key must exist (made by `init`).
     let keys = dir.path().join("keys").display().to_string();
-    let out = run(&["init", "--server-name", "x.test", "--dir", &keys], &[], dir.path(), "")?;
+    let out = run(
+        &["init", "--server-name", "x.test", "--dir", &keys],
+        &[],
+        dir.path(),
+        "",
+    )?;
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let mut env = server_env(dir.path(), &db);
-    env.push(("HUSHD_SIGNING_KEY_PATH".into(), format!("{keys}/signing.key")));
+    env.push((
+        "HUSHD_SIGNING_KEY_PATH".into(),
+        format!("{keys}/signing.key"),
+    ));
     env.push(("HUSHD_SERVER_NAME".into(), "env.example".into()));
     env.push(("HUSHD_REGISTRATION".into(), "open".into()));
     let server = Server::start(&["--config", &path], &env_refs(&env), dir.path())?;
@@ -372,5 +380,27 @@ async fn sigterm_during_long_poll_finishes_it_and_exits_0() -> TestResult {
         .send()
         .await;
     assert!(after.is_err());
+    Ok(())
+}
+
+#[test]
+fn operations_doc_has_the_generated_config_reference() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let out = run(&["config", "reference"], &[], dir.path(), "")?;
+    assert_eq!(out.code(), 0);
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/operations.md"
+    ))?;
+    assert!(
+        doc.contains(&out.stdout),
+        "docs/operations.md is out of date: paste the output of `hushd config reference`"
+    );
+    let example = run(&["config", "example"], &[], dir.path(), "")?;
+    let path = dir.path().join("example.toml");
+    std::fs::write(&path, &example.stdout)?;
+    let path_s = path.display().to_string();
+    let check = run(&["--config", &path_s, "config", "check"], &[], dir.path(), "")?;
+    assert_eq!(check.code(), 0, "the example parses: {}", check.stderr);
     Ok(())
 }
