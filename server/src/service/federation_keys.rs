@@ -9,6 +9,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
 use hush_federation::base64::{decode_lenient, encode_unpadded};
@@ -22,7 +23,7 @@ use serde_json::Value;
 #[derive(Debug)]
 pub struct ServerKeys {
     /// The key that signs everything now.
-    pub current: ServerSigningKey,
+    pub current: Arc<ServerSigningKey>,
     /// Retired keys, oldest first.
     pub old: Vec<OldVerifyKey>,
 }
@@ -57,8 +58,10 @@ fn parse_old_line(line: &str) -> Result<OldVerifyKey, String> {
 
 /// Loads the current key and the retired keys (a missing `.old` file means none).
 pub fn load(signing_key_path: &Path) -> Result<ServerKeys, String> {
-    let current = ServerSigningKey::load(signing_key_path)
-        .map_err(|e| format!("{}: {e}", signing_key_path.display()))?;
+    let current = Arc::new(
+        ServerSigningKey::load(signing_key_path)
+            .map_err(|e| format!("{}: {e}", signing_key_path.display()))?,
+    );
     let old_path = old_keys_path(signing_key_path);
     let old = match std::fs::read_to_string(&old_path) {
         Ok(text) => text
@@ -113,7 +116,7 @@ pub fn key_document(
     valid_for_ms: u64,
 ) -> Result<Value, String> {
     let until = unix_millis_now().saturating_add(valid_for_ms.max(1));
-    build_key_document(server_name, &[&keys.current], &keys.old, until).map_err(|e| e.to_string())
+    build_key_document(server_name, &[keys.current.as_ref()], &keys.old, until).map_err(|e| e.to_string())
 }
 
 /// The public key of `key` in unpadded base64 (for `hushd keys` output).
