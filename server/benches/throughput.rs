@@ -488,8 +488,8 @@ fn main() -> TestResult {
         }
     }
     println!(
-        "{:<10} {:<32} {:>12} {:<9} {}",
-        "backend", "metric", "value", "unit", "goal (sqlite)"
+        "{:<10} {:<32} {:>12} {:<9} goal (sqlite)",
+        "backend", "metric", "value", "unit"
     );
     for (backend, row) in table {
         println!(

@@ -105,7 +105,7 @@ enum TokenCommand {
     /// Create a registration token and print it.
     Create {
         /// How many registrations it allows (default: unlimited).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
         uses: Option<i64>,
         /// Lifetime, e.g. 30m, 12h, 7d, 2w (default: never expires).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -497,9 +497,14 @@ async fn admin_command(
                 password_file,
             } => {
                 let password = read_password(password_file.as_deref())?;
-                let user_id = admin::create_user(store, &config.server_name, &name, &password)
-                    .await
-                    .map_err(runtime)?;
+                let user_id = admin::create_user(
+                    store,
+                    &config.server_name,
+                    &name,
+                    Some(password.to_string()),
+                )
+                .await
+                .map_err(runtime)?;
                 println!("created {user_id}");
             }
             UserCommand::Deactivate { name } => {
@@ -533,13 +538,19 @@ async fn admin_command(
                 expires_in,
                 token,
             } => {
-                let row = admin::create_token(store, token.as_deref(), uses, expires_in)
-                    .await
-                    .map_err(runtime)?;
+                let expiry_ts = expires_in.map(|d| {
+                    now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                });
+                let row =
+                    admin::create_registration_token(store, token.as_deref(), uses, expiry_ts)
+                        .await
+                        .map_err(runtime)?;
                 println!("{}", row.token);
             }
             TokenCommand::List => {
-                let tokens = admin::list_tokens(store).await.map_err(runtime)?;
+                let tokens = admin::list_registration_tokens(store)
+                    .await
+                    .map_err(runtime)?;
                 println!(
                     "{:<40} {:>8} {:>9} EXPIRES",
                     "TOKEN", "ALLOWED", "COMPLETED"
@@ -557,7 +568,9 @@ async fn admin_command(
                 }
             }
             TokenCommand::Revoke { token } => {
-                admin::revoke_token(store, &token).await.map_err(runtime)?;
+                admin::revoke_registration_token(store, &token)
+                    .await
+                    .map_err(runtime)?;
                 println!("revoked {token}");
             }
         },
@@ -605,6 +618,14 @@ fn read_password(file: Option<&Path>) -> Result<Zeroizing<String>, Failure> {
         return Err(Failure::Usage("the password is empty".into()));
     }
     Ok(line)
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// Parses `90s`, `30m`, `12h`, `7d`, `2w` (or plain seconds).

@@ -400,7 +400,12 @@ fn operations_doc_has_the_generated_config_reference() -> TestResult {
     let path = dir.path().join("example.toml");
     std::fs::write(&path, &example.stdout)?;
     let path_s = path.display().to_string();
-    let check = run(&["--config", &path_s, "config", "check"], &[], dir.path(), "")?;
+    let check = run(
+        &["--config", &path_s, "config", "check"],
+        &[],
+        dir.path(),
+        "",
+    )?;
     assert_eq!(check.code(), 0, "the example parses: {}", check.stderr);
     Ok(())
 }
