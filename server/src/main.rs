@@ -349,6 +349,7 @@ async fn serve_command(config: Config, dev: bool) -> Result<(), Failure> {
         users: Arc::new(StateUsers(state.clone())),
         trust_forwarded_for: config.trust_forwarded_for,
         max_body: config.limits.max_request_bytes,
+        user_cache: Default::default(),
     });
     let metrics_router = {
         let metrics = metrics.clone();
