@@ -105,7 +105,7 @@ enum TokenCommand {
     /// Create a registration token and print it.
     Create {
         /// How many registrations it allows (default: unlimited).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
         uses: Option<i64>,
         /// Lifetime, e.g. 30m, 12h, 7d, 2w (default: never expires).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -216,19 +216,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Config { command } => match command {
             ConfigCommand::Check => {
                 let config = Config::load(config_path)?;
-                println!("configuration OK\n{config:#?}");
+                out(&format!("configuration OK\n{config:#?}\n"));
                 Ok(())
             }
             ConfigCommand::Example => {
-                println!("{}", config::example_toml(&Config::default()));
+                out(&format!("{}\n", config::example_toml(&Config::default())));
                 Ok(())
             }
             ConfigCommand::Reference => {
-                print!("{}", config::reference_markdown());
+                out(&config::reference_markdown());
                 Ok(())
             }
         },
     }
+}
+
+/// Writes to standard output, ignoring a closed pipe (`hushd config example | head`).
+fn out(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 /// Logs to standard error; the level comes from `RUST_LOG` (else `default_level`).
@@ -237,6 +243,7 @@ fn init_logging(format: LogFormat, default_level: &str) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -290,6 +297,13 @@ async fn serve_command(config: Config, dev: bool) -> Result<(), Failure> {
         tracing::warn!("{banner}");
         eprintln!("WARNING: {banner}");
     }
+    let tls = match &config.tls {
+        Some(tls) => Some(
+            serve::load_tls(tls)
+                .map_err(|e| Failure::Usage(format!("configuration error: {e}")))?,
+        ),
+        None => None,
+    };
     if dev {
         if config.server_name.starts_with("localhost") {
             eprintln!(
@@ -309,13 +323,6 @@ async fn serve_command(config: Config, dev: bool) -> Result<(), Failure> {
             "configuration error: signing_key_path: {e} (create one with `hushd init`)"
         ))
     })?;
-    let tls = match &config.tls {
-        Some(tls) => Some(
-            serve::load_tls(tls)
-                .map_err(|e| Failure::Usage(format!("configuration error: {e}")))?,
-        ),
-        None => None,
-    };
     let store = connect(&config).await?;
     tracing::info!(
         server_name = %config.server_name,
@@ -342,6 +349,7 @@ async fn serve_command(config: Config, dev: bool) -> Result<(), Failure> {
         users: Arc::new(StateUsers(state.clone())),
         trust_forwarded_for: config.trust_forwarded_for,
         max_body: config.limits.max_request_bytes,
+        user_cache: Default::default(),
     });
     let metrics_router = {
         let metrics = metrics.clone();
@@ -531,17 +539,13 @@ async fn admin_command(
                 expires_in,
                 token,
             } => {
-                let row = admin::create_registration_token(
-                    store,
-                    token.as_deref(),
-                    uses,
-                    expires_in.map(|d| {
-                        hush_server::service::now_ms()
-                            .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                    }),
-                )
-                .await
-                .map_err(runtime)?;
+                let expiry_ts = expires_in.map(|d| {
+                    now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                });
+                let row =
+                    admin::create_registration_token(store, token.as_deref(), uses, expiry_ts)
+                        .await
+                        .map_err(runtime)?;
                 println!("{}", row.token);
             }
             TokenCommand::List => {
@@ -615,6 +619,14 @@ fn read_password(file: Option<&Path>) -> Result<Zeroizing<String>, Failure> {
         return Err(Failure::Usage("the password is empty".into()));
     }
     Ok(line)
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// Parses `90s`, `30m`, `12h`, `7d`, `2w` (or plain seconds).
