@@ -192,3 +192,18 @@ impl Federation {
         Ok((federation, task))
     }
 }
+
+impl Federation {
+    /// Stops the outbound sender (a transaction in flight stays stored for the next start) and
+    /// logs what it delivered.
+    pub async fn shutdown(&self, task: OutboundTask) {
+        self.outbound.shutdown();
+        task.join().await;
+        let (txns, edus) = self.outbound.delivered();
+        tracing::info!(
+            transactions = txns,
+            edus,
+            "federation sender delivered {txns} transactions with {edus} EDUs"
+        );
+    }
+}

@@ -30,9 +30,8 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::service::federation_policy::ServerPolicy;
-use crate::store::federation::DestinationRow;
 use crate::store::federation_txn::InflightTxn;
-use crate::store::{Millis, Store};
+use crate::store::{DestinationRow, Millis, Store};
 
 /// Most EDUs in one transaction (the protocol's limit).
 pub const MAX_EDUS_PER_TXN: i64 = 100;
@@ -73,7 +72,7 @@ impl Default for RetryPolicy {
 /// maximum, then scaled into `[50%, 100%]` by `jitter` (a number in `[0, 1)`) so servers that
 /// failed together do not retry in lockstep.
 pub fn retry_delay_ms(failures: u32, policy: &RetryPolicy, jitter: f64) -> u64 {
-    let cap = policy.max_ms.min(MAX_RETRY_DELAY_MS).max(1);
+    let cap = policy.max_ms.clamp(1, MAX_RETRY_DELAY_MS);
     let exp = failures.saturating_sub(1).min(40);
     let base = policy.min_ms.max(1).saturating_mul(1u64 << exp).min(cap);
     let jitter = jitter.clamp(0.0, 1.0);

@@ -141,6 +141,18 @@ impl TestServer {
     /// Writes a config for `ip` and starts the server; `federation_extra` is appended to the
     /// `[federation]` section.
     pub async fn start(ca: &TestCa, ip: &str, db: Db, federation_extra: &str) -> TestServer {
+        Self::start_with(ca, ip, db, federation_extra, "").await
+    }
+
+    /// Like [`TestServer::start`] with `sections` (whole TOML sections such as `[limits]`)
+    /// appended after `[federation]`.
+    pub async fn start_with(
+        ca: &TestCa,
+        ip: &str,
+        db: Db,
+        federation_extra: &str,
+        sections: &str,
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port(ip);
         let name = format!("{ip}:{port}");
@@ -171,6 +183,7 @@ enabled = false
 [federation]
 ca_files = ["{ca}"]
 {fast}{federation_extra}
+{sections}
 "#,
             fast = FAST_FEDERATION
                 .lines()
