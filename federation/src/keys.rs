@@ -150,10 +150,11 @@ impl ServerSigningKey {
     /// The key file line for this key (contains the secret seed).
     pub fn to_key_file(&self) -> Zeroizing<String> {
         let seed = Zeroizing::new(self.key.to_bytes());
+        let seed_b64 = Zeroizing::new(encode_unpadded(seed.as_slice()));
         Zeroizing::new(format!(
             "{ED25519} {} {}\n",
             self.version,
-            encode_unpadded(seed.as_slice())
+            seed_b64.as_str()
         ))
     }
 

@@ -28,6 +28,35 @@
 //! * [`client`]: the outbound HTTPS client (reqwest + rustls, system roots plus extra CA files)
 //!   that signs every request and reports "unreachable" apart from "the remote said no".
 //!
+//! # Example
+//!
+//! ```
+//! use hush_federation::ids::ServerName;
+//! use hush_federation::keys::ServerSigningKey;
+//! use hush_federation::signing::verify_json;
+//! use hush_federation::xmatrix::{sign_request, XMatrixAuth};
+//! use serde_json::json;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let origin = ServerName::parse("a.example")?;
+//! let destination = ServerName::parse("b.example")?;
+//! let key = ServerSigningKey::generate("a_1")?;
+//!
+//! // Signed JSON.
+//! let mut object = json!({"one": 1, "two": "Two"});
+//! key.sign_json(&mut object, &origin)?;
+//! verify_json(&object, "a.example", "ed25519:a_1", &key.verifying_key())?;
+//!
+//! // An X-Matrix header, as sent by `a.example` and checked by `b.example`.
+//! let body = json!({"device_keys": {"@bob:b.example": []}});
+//! let uri = "/_matrix/federation/v1/user/keys/query";
+//! let header = sign_request(&key, &origin, &destination, "POST", uri, Some(&body))?.to_header_value();
+//! let auth = XMatrixAuth::parse(&header)?;
+//! auth.verify("POST", uri, Some(&body), &destination, &key.verifying_key())?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! `examples/signing_tool.rs` exposes the pure parts over stdin/stdout for the interoperability
 //! tests in `tests/interop/` (Python `signedjson` and `canonicaljson`).
 

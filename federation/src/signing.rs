@@ -10,7 +10,7 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde_json::{Map, Value};
 
 use crate::base64::{decode_lenient, encode_unpadded};
-use crate::canonical::{to_canonical_bytes, CanonicalJsonError};
+use crate::canonical::{entries_to_canonical_bytes, CanonicalJsonError};
 
 /// Why signing or verifying a JSON object failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,12 +44,12 @@ pub enum SigningError {
 /// `unsigned`.
 pub fn signing_bytes(value: &Value) -> Result<Vec<u8>, SigningError> {
     let object = value.as_object().ok_or(SigningError::NotAnObject)?;
-    let stripped: Map<String, Value> = object
+    let entries = object
         .iter()
         .filter(|(key, _)| key.as_str() != "signatures" && key.as_str() != "unsigned")
-        .map(|(key, item)| (key.clone(), item.clone()))
+        .map(|(key, item)| (key.as_str(), item))
         .collect();
-    Ok(to_canonical_bytes(&Value::Object(stripped))?)
+    Ok(entries_to_canonical_bytes(entries)?)
 }
 
 /// Signs `bytes` and returns the unpadded base64 signature (86 characters).

@@ -111,6 +111,31 @@ pub fn request_object(
     Value::Object(object)
 }
 
+/// The bytes an X-Matrix signature covers: the canonical JSON of [`request_object`], computed
+/// without copying `content`.
+pub fn request_signing_bytes(
+    method: &str,
+    uri: &str,
+    origin: &ServerName,
+    destination: &ServerName,
+    content: Option<&Value>,
+) -> Result<Vec<u8>, SigningError> {
+    let method = Value::String(method.to_ascii_uppercase());
+    let uri = Value::String(uri.to_owned());
+    let origin = Value::String(origin.to_string());
+    let destination = Value::String(destination.to_string());
+    let mut entries = vec![
+        ("method", &method),
+        ("uri", &uri),
+        ("origin", &origin),
+        ("destination", &destination),
+    ];
+    if let Some(content) = content {
+        entries.push(("content", content));
+    }
+    Ok(crate::canonical::entries_to_canonical_bytes(entries)?)
+}
+
 /// Signs a request as `origin` with `key` and returns the header parameters.
 pub fn sign_request(
     key: &ServerSigningKey,
@@ -120,8 +145,8 @@ pub fn sign_request(
     uri: &str,
     content: Option<&Value>,
 ) -> Result<XMatrixAuth, SigningError> {
-    let object = request_object(method, uri, origin, destination, content);
-    let sig = signing::sign_bytes(&signing::signing_bytes(&object)?, key.signing_key());
+    let bytes = request_signing_bytes(method, uri, origin, destination, content)?;
+    let sig = signing::sign_bytes(&bytes, key.signing_key());
     Ok(XMatrixAuth {
         origin: origin.clone(),
         destination: Some(destination.clone()),
@@ -208,8 +233,8 @@ impl XMatrixAuth {
         if crate::keys::split_key_id(&self.key).map(|(alg, _)| alg) != Some(ED25519) {
             return Err(XMatrixError::UnsupportedKey(self.key.clone()));
         }
-        let object = request_object(method, uri, &self.origin, our_name, content);
-        signing::verify_bytes(&signing::signing_bytes(&object)?, &self.sig, key)?;
+        let bytes = request_signing_bytes(method, uri, &self.origin, our_name, content)?;
+        signing::verify_bytes(&bytes, &self.sig, key)?;
         Ok(())
     }
 }

@@ -158,6 +158,17 @@ proptest! {
         }
     }
 
+    /// serde_json's compact writer escapes exactly like canonical JSON (lowercase `\u00xx`, no `\/`)
+    /// and, without its `preserve_order` feature, sorts keys by code point: an independent oracle.
+    #[test]
+    fn matches_serde_json_compact_output(value in json_value()) {
+        let probe: Map<String, Value> = [("b".to_owned(), Value::Null), ("a".to_owned(), Value::Null)].into_iter().collect();
+        let serde_json_sorts = probe.keys().next().map(String::as_str) == Some("a");
+        if serde_json_sorts {
+            prop_assert_eq!(to_canonical_string(&value).unwrap(), serde_json::to_string(&value).unwrap());
+        }
+    }
+
     #[test]
     fn fractions_are_refused(f in any::<f64>().prop_filter("non-integral", |f| f.fract() != 0.0 && f.is_finite())) {
         let value = serde_json::json!({"x": [f]});

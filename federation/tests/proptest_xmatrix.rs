@@ -5,7 +5,8 @@
 
 use hush_federation::ids::ServerName;
 use hush_federation::keys::ServerSigningKey;
-use hush_federation::xmatrix::{sign_request, XMatrixAuth};
+use hush_federation::signing::signing_bytes;
+use hush_federation::xmatrix::{request_object, request_signing_bytes, sign_request, XMatrixAuth};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -60,6 +61,22 @@ proptest! {
     #[test]
     fn never_panics_on_param_like_noise(parts in prop::collection::vec("[a-z]{0,3}|=|,|\"|\\\\| |:", 0..30)) {
         let _ = XMatrixAuth::parse(&format!("X-Matrix {}", parts.concat()));
+    }
+
+    #[test]
+    fn fast_signing_bytes_equal_the_generic_path(
+        method in "[a-zA-Z]{1,7}",
+        uri in "/[ -~\u{e9}]{0,30}",
+        origin in server_name(),
+        destination in server_name(),
+        content in prop::option::of(prop::collection::btree_map("[a-z\"\\\\\u{1}]{0,4}", "[ -~\u{2028}]{0,6}", 0..5)),
+    ) {
+        let origin = ServerName::parse(&origin).unwrap();
+        let destination = ServerName::parse(&destination).unwrap();
+        let content = content.map(|c| serde_json::to_value(c).unwrap());
+        let generic = signing_bytes(&request_object(&method, &uri, &origin, &destination, content.as_ref())).unwrap();
+        let fast = request_signing_bytes(&method, &uri, &origin, &destination, content.as_ref()).unwrap();
+        prop_assert_eq!(fast, generic);
     }
 
     #[test]

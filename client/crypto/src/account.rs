@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use crate::consts::{
-    MAX_ID_LEN, MAX_ONE_TIME_KEYS, MAX_STATE_LEN, ONE_TIME_KEY_LOW_WATERMARK,
-    ONE_TIME_KEY_TARGET, SPK_RETENTION_SECS, SPK_ROTATION_SECS, STATE_VERSION,
+    MAX_ID_LEN, MAX_ONE_TIME_KEYS, MAX_STATE_LEN, ONE_TIME_KEY_LOW_WATERMARK, ONE_TIME_KEY_TARGET,
+    SPK_RETENTION_SECS, SPK_ROTATION_SECS, STATE_VERSION,
 };
 use crate::encoding::{Reader, Writer};
 use crate::errors::{AccountError, DecodeError, X3dhError};
@@ -126,7 +126,10 @@ impl Account {
 
     /// The current signed prekey.
     pub fn current_signed_prekey(&self) -> Option<&SignedPreKey> {
-        self.signed_prekeys.iter().rev().find(|k| k.retired_at.is_none())
+        self.signed_prekeys
+            .iter()
+            .rev()
+            .find(|k| k.retired_at.is_none())
     }
 
     /// All signed prekeys whose private half is still kept.
@@ -147,7 +150,11 @@ impl Account {
         now: u64,
     ) -> Result<KeyId, AccountError> {
         let id = self.allocate_id()?;
-        for k in self.signed_prekeys.iter_mut().filter(|k| k.retired_at.is_none()) {
+        for k in self
+            .signed_prekeys
+            .iter_mut()
+            .filter(|k| k.retired_at.is_none())
+        {
             k.retired_at = Some(now);
         }
         self.signed_prekeys.push(SignedPreKey {
@@ -350,7 +357,7 @@ impl Account {
             let mut record = record.clone();
             let plaintext = record.decrypt(
                 rng,
-                &crate::session_record::IncomingMessage::PreKey(message.clone()),
+                &crate::session_record::IncomingMessage::PreKey(Box::new(message.clone())),
                 now,
             )?;
             return Ok(InboundSession {
@@ -488,7 +495,11 @@ impl Account {
                 1 => true,
                 _ => return Err(DecodeError::InvalidField("published")),
             };
-            if id >= next_key_id || one_time_keys.insert(id, OneTimePreKey { secret, published }).is_some() {
+            if id >= next_key_id
+                || one_time_keys
+                    .insert(id, OneTimePreKey { secret, published })
+                    .is_some()
+            {
                 return Err(DecodeError::InvalidField("one-time key id"));
             }
         }

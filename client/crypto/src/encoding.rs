@@ -277,6 +277,9 @@ mod tests {
         assert_eq!(r.u32(), Ok(5));
         assert!(matches!(r.finish(), Err(DecodeError::TrailingBytes(5))));
         let mut r = Reader::new(&bytes[4..]);
-        assert!(matches!(r.bytes16("x", 2), Err(DecodeError::TooLong { .. })));
+        assert!(matches!(
+            r.bytes16("x", 2),
+            Err(DecodeError::TooLong { .. })
+        ));
     }
 }

@@ -59,8 +59,7 @@ pub fn parse_content(
         .get("sender_key")
         .and_then(Value::as_str)
         .ok_or(EnvelopeError::Malformed("sender_key"))?;
-    let sender_key =
-        Curve25519PublicKey::from_base64(sender_key).map_err(|e| DecodeError::Key(e))?;
+    let sender_key = Curve25519PublicKey::from_base64(sender_key).map_err(DecodeError::Key)?;
     let entry = map
         .get("ciphertext")
         .and_then(Value::as_object)
@@ -123,7 +122,12 @@ pub struct Payload {
 
 impl Payload {
     /// Builds a payload from sender to recipient.
-    pub fn new(event_type: &str, content: Value, sender: &Party<'_>, recipient: &Party<'_>) -> Self {
+    pub fn new(
+        event_type: &str,
+        content: Value,
+        sender: &Party<'_>,
+        recipient: &Party<'_>,
+    ) -> Self {
         Self {
             event_type: event_type.to_owned(),
             content,
@@ -157,7 +161,10 @@ impl Payload {
             (self.sender_device == sender.device_id, "sender_device"),
             (self.keys.ed25519 == sender.identity_key.to_base64(), "keys"),
             (self.recipient == recipient.user_id, "recipient"),
-            (self.recipient_device == recipient.device_id, "recipient_device"),
+            (
+                self.recipient_device == recipient.device_id,
+                "recipient_device",
+            ),
             (
                 self.recipient_keys.ed25519 == recipient.identity_key.to_base64(),
                 "recipient_keys",

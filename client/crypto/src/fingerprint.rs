@@ -32,7 +32,10 @@ pub fn party_digest(
         .chain_update(key)
         .finalize();
     for _ in 1..iterations {
-        hash = Sha512::new().chain_update(hash).chain_update(key).finalize();
+        hash = Sha512::new()
+            .chain_update(hash)
+            .chain_update(key)
+            .finalize();
     }
     let mut out = [0u8; 64];
     out.copy_from_slice(&hash);
@@ -165,14 +168,20 @@ mod tests {
     /// libsignal KAT (reference 8.2 item 3).
     #[test]
     fn libsignal_fingerprint_kat() {
-        let alice = hex::decode("0506863bc66d02b40d27b8d49ca7c09e9239236f9d7d25d6fcca5ce13c7064d868")
-            .unwrap_or_default();
+        let alice =
+            hex::decode("0506863bc66d02b40d27b8d49ca7c09e9239236f9d7d25d6fcca5ce13c7064d868")
+                .unwrap_or_default();
         let bob = hex::decode("05f781b6fb32fed9ba1cf2de978d4d5da28dc34046ae814402b5c0dbd96fda907b")
             .unwrap_or_default();
-        let fp = Fingerprint::with_parameters(0, 5200, &alice, b"+14152222222", &bob, b"+14153333333");
+        let fp =
+            Fingerprint::with_parameters(0, 5200, &alice, b"+14152222222", &bob, b"+14153333333");
         let expected = "300354477692869396892869876765458257569162576843440918079131";
-        assert_eq!(fp.as_ref().map(Fingerprint::displayable).ok().as_deref(), Some(expected));
-        let fp2 = Fingerprint::with_parameters(0, 5200, &bob, b"+14153333333", &alice, b"+14152222222");
+        assert_eq!(
+            fp.as_ref().map(Fingerprint::displayable).ok().as_deref(),
+            Some(expected)
+        );
+        let fp2 =
+            Fingerprint::with_parameters(0, 5200, &bob, b"+14153333333", &alice, b"+14152222222");
         assert_eq!(fp2.map(|f| f.displayable()).ok().as_deref(), Some(expected));
     }
 
@@ -204,8 +213,14 @@ mod tests {
         bad[5] ^= 1;
         assert_eq!(alice.matches_scanned(&bad), Ok(false));
         bad[0] = 9;
-        assert!(matches!(alice.matches_scanned(&bad), Err(FingerprintError::VersionMismatch { .. })));
-        assert_eq!(alice.matches_scanned(&bad[..10]), Err(FingerprintError::VersionMismatch { ours: 1, theirs: 9 }));
+        assert!(matches!(
+            alice.matches_scanned(&bad),
+            Err(FingerprintError::VersionMismatch { .. })
+        ));
+        assert_eq!(
+            alice.matches_scanned(&bad[..10]),
+            Err(FingerprintError::VersionMismatch { ours: 1, theirs: 9 })
+        );
         // A new device changes the number.
         let other = Fingerprint::new("@a:x", &[a1], "@b:y", &[b1]).map(|f| f.displayable());
         assert_ne!(other.ok(), Some(alice.displayable()));

@@ -180,7 +180,10 @@ mod tests {
             assert!(pair.public_key().verify(&msg, &hex_bytes(sig)).is_ok());
             let mut bad = hex_bytes(sig);
             bad[0] ^= 1;
-            assert_eq!(pair.public_key().verify(&msg, &bad), Err(KeyError::BadSignature));
+            assert_eq!(
+                pair.public_key().verify(&msg, &bad),
+                Err(KeyError::BadSignature)
+            );
         }
     }
 
@@ -206,7 +209,8 @@ mod tests {
         identity[0] = 1;
         assert_eq!(IdentityKey::from_bytes(&identity), Err(KeyError::WeakKey));
         // y = p + 1 is a non-canonical encoding of the same point y = 1.
-        let non_canonical = hex32("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f");
+        let non_canonical =
+            hex32("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f");
         assert!(IdentityKey::from_bytes(&non_canonical).is_err());
         // A valid key with the sign bit set on x = 0 (the "negative zero" re-encoding).
         let mut neg_zero = identity;
@@ -242,7 +246,10 @@ mod tests {
             pair.public_key().verify(msg, &malleable),
             Err(KeyError::BadSignature)
         );
-        assert_eq!(pair.public_key().verify(msg, &sig[..63]), Err(KeyError::BadSignature));
+        assert_eq!(
+            pair.public_key().verify(msg, &sig[..63]),
+            Err(KeyError::BadSignature)
+        );
     }
 
     #[test]
@@ -254,7 +261,10 @@ mod tests {
         assert!(!debug.contains(&hex::encode(*pair.to_curve25519_secret().to_bytes())));
         assert_eq!(
             debug,
-            format!("IdentityKeyPair {{ public: IdentityKey({}), .. }}", pair.public_key().to_base64())
+            format!(
+                "IdentityKeyPair {{ public: IdentityKey({}), .. }}",
+                pair.public_key().to_base64()
+            )
         );
     }
 }

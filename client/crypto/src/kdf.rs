@@ -79,11 +79,21 @@ mod tests {
     /// of salt are the same HMAC key (the X3DH and message-key salt).
     #[test]
     fn rfc5869_a3_and_zero_salt_equivalence() {
-        let expected = "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8";
+        let expected =
+            "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8";
         assert_eq!(hex::encode(hkdf_vec(None, &[0x0b; 22], b"", 42)), expected);
-        assert_eq!(hex::encode(hkdf_vec(Some(&[]), &[0x0b; 22], b"", 42)), expected);
-        assert_eq!(hex::encode(hkdf_vec(Some(&[0u8; 32]), &[0x0b; 22], b"", 42)), expected);
-        assert_eq!(hex::encode(hkdf_vec(Some(&[0u8; 1]), &[0x0b; 22], b"", 42)), expected);
+        assert_eq!(
+            hex::encode(hkdf_vec(Some(&[]), &[0x0b; 22], b"", 42)),
+            expected
+        );
+        assert_eq!(
+            hex::encode(hkdf_vec(Some(&[0u8; 32]), &[0x0b; 22], b"", 42)),
+            expected
+        );
+        assert_eq!(
+            hex::encode(hkdf_vec(Some(&[0u8; 1]), &[0x0b; 22], b"", 42)),
+            expected
+        );
     }
 
     #[test]

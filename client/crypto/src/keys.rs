@@ -145,8 +145,14 @@ mod tests {
             hex32("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
         );
         let shared = hex32("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742");
-        assert_eq!(diffie_hellman(&a, &b.public_key()).ok().map(|s| *s), Some(shared));
-        assert_eq!(diffie_hellman(&b, &a.public_key()).ok().map(|s| *s), Some(shared));
+        assert_eq!(
+            diffie_hellman(&a, &b.public_key()).ok().map(|s| *s),
+            Some(shared)
+        );
+        assert_eq!(
+            diffie_hellman(&b, &a.public_key()).ok().map(|s| *s),
+            Some(shared)
+        );
     }
 
     /// RFC 7748 section 5.2 scalar multiplication vectors.
@@ -167,7 +173,10 @@ mod tests {
         for (k, u, out) in cases {
             let secret = Curve25519Secret::from_bytes(hex32(k));
             let public = Curve25519PublicKey::from_bytes(hex32(u));
-            assert_eq!(diffie_hellman(&secret, &public).ok().map(|s| *s), Some(hex32(out)));
+            assert_eq!(
+                diffie_hellman(&secret, &public).ok().map(|s| *s),
+                Some(hex32(out))
+            );
         }
     }
 

@@ -13,20 +13,20 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod account;
 pub mod consts;
 pub mod encoding;
+pub mod envelope;
 pub mod errors;
+pub mod fingerprint;
 pub mod identity;
 pub mod kdf;
 pub mod keys;
 pub mod message;
-pub mod ratchet;
-pub mod session;
-pub mod account;
-pub mod envelope;
-pub mod fingerprint;
 pub mod pickle;
 pub mod prekeys;
+pub mod ratchet;
+pub mod session;
 pub mod session_record;
 pub mod trust;
 pub mod x3dh;
@@ -40,5 +40,5 @@ pub use pickle::PickleKey;
 pub use prekeys::{DeviceKeys, KeyId};
 pub use session::{OutgoingMessage, Session};
 pub use session_record::{IncomingMessage, SessionRecord};
-pub use x3dh::{Party, PreKeyBundle};
 pub use trust::{IdentityChange, TrustStore};
+pub use x3dh::{Party, PreKeyBundle};

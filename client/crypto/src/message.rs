@@ -222,13 +222,19 @@ mod tests {
         }
         let mut v = bytes.clone();
         v[0] = 2;
-        assert_eq!(PreKeyMessage::from_bytes(&v), Err(DecodeError::UnsupportedVersion(2)));
+        assert_eq!(
+            PreKeyMessage::from_bytes(&v),
+            Err(DecodeError::UnsupportedVersion(2))
+        );
         let mut v = bytes.clone();
         v[1] = crate::consts::KEY_TYPE_X25519;
         assert!(PreKeyMessage::from_bytes(&v).is_err());
         let mut v = bytes;
         v[1 + 33 + 33 + 4] = 2;
         assert!(PreKeyMessage::from_bytes(&v).is_err());
-        assert_eq!(RatchetMessage::from_bytes(&[1; 41 + 15]), Err(DecodeError::Truncated));
+        assert_eq!(
+            RatchetMessage::from_bytes(&[1; 41 + 15]),
+            Err(DecodeError::Truncated)
+        );
     }
 }

@@ -73,7 +73,13 @@ pub fn seal<R: RngCore + CryptoRng>(
     let cipher = XChaCha20Poly1305::new(key.0.as_ref().into());
     let ad = associated_data(kind, address);
     let ct = cipher
-        .encrypt(XNonce::from_slice(&nonce), Payload { msg: state, aad: &ad })
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: state,
+                aad: &ad,
+            },
+        )
         .unwrap_or_default();
     let mut out = Vec::with_capacity(1 + PICKLE_NONCE_LEN + ct.len());
     out.push(PICKLE_VERSION);
@@ -114,7 +120,13 @@ impl SessionRecord {
     /// Serializes and encrypts the record.
     pub fn seal<R: RngCore + CryptoRng>(&self, rng: &mut R, key: &PickleKey) -> Vec<u8> {
         let address = record_address(self.user_id(), self.device_id());
-        seal(rng, key, RecordKind::SessionRecord, &address, &self.to_bytes())
+        seal(
+            rng,
+            key,
+            RecordKind::SessionRecord,
+            &address,
+            &self.to_bytes(),
+        )
     }
 
     /// Decrypts and parses a record stored for the given peer device.

@@ -106,7 +106,10 @@ pub fn verify_key_object(
     fallback: bool,
 ) -> Result<Curve25519PublicKey, KeyError> {
     let map = object.as_object().ok_or(KeyError::BadSignature)?;
-    let is_fallback = map.get("fallback").and_then(Value::as_bool).unwrap_or(false);
+    let is_fallback = map
+        .get("fallback")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     if is_fallback != fallback {
         return Err(KeyError::BadSignature);
     }

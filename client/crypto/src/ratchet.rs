@@ -223,7 +223,10 @@ mod tests {
             "1ae10b594f09e26a7e902ecbd0600691"
         );
         let opened = aead_open(&key, &nonce, &sealed, &aad);
-        assert_eq!(opened.as_deref().map(Vec::as_slice), Some(RFC8439_PLAINTEXT));
+        assert_eq!(
+            opened.as_deref().map(Vec::as_slice),
+            Some(RFC8439_PLAINTEXT)
+        );
         let mut bad = sealed.clone();
         bad[0] ^= 1;
         assert!(aead_open(&key, &nonce, &bad, &aad).is_none());
@@ -242,14 +245,19 @@ mod tests {
         sealed.extend_from_slice(&tag);
         let opened = aead_open(&key, &nonce, &sealed, &aad);
         let text = opened.map(|p| String::from_utf8_lossy(&p).into_owned());
-        assert!(text.as_deref().unwrap_or("").starts_with("Internet-Drafts are draft documents valid for a maximum of six months"));
+        assert!(text
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("Internet-Drafts are draft documents valid for a maximum of six months"));
     }
 
     /// libsignal KAT (reference 8.2 item 2): the KDF_CK chain step.
     #[test]
     fn libsignal_chain_key_kat() {
         let ck = ChainKey::new(
-            Zeroizing::new(h32("8ab72d6f4cc5ac0d387eaf463378ddb28edd07385b1cb01250c715982e7ad48f")),
+            Zeroizing::new(h32(
+                "8ab72d6f4cc5ac0d387eaf463378ddb28edd07385b1cb01250c715982e7ad48f",
+            )),
             0,
         );
         assert_eq!(
@@ -276,7 +284,10 @@ mod tests {
         let ck = ChainKey::new(Zeroizing::new([7; 32]), 0);
         let mk = ck.message_key();
         let ct = mk.clone().encrypt(b"hello", b"ad");
-        assert_eq!(mk.decrypt(&ct, b"ad").as_deref().map(Vec::as_slice), Some(&b"hello"[..]));
+        assert_eq!(
+            mk.decrypt(&ct, b"ad").as_deref().map(Vec::as_slice),
+            Some(&b"hello"[..])
+        );
         assert!(mk.decrypt(&ct, b"ae").is_none());
         let next_mk = ck.next().map(|c| c.message_key());
         assert!(next_mk.and_then(|k| k.decrypt(&ct, b"ad")).is_none());

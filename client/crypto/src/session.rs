@@ -657,7 +657,10 @@ mod tests {
         let last = alice.encrypt(b"last");
         assert!(last.is_ok());
         let before = alice.to_bytes();
-        assert_eq!(alice.encrypt(b"x").err(), Some(EncryptError::CounterExhausted));
+        assert_eq!(
+            alice.encrypt(b"x").err(),
+            Some(EncryptError::CounterExhausted)
+        );
         assert_eq!(alice.to_bytes(), before);
         let mut forged = last.map(|m| ratchet(&m)).unwrap_or_else(|e| panic!("{e}"));
         forged.header.counter = u32::MAX;
@@ -675,7 +678,10 @@ mod tests {
     fn p06_associated_data_bit_flips_fail_without_state_change() {
         let mut rng = StdRng::seed_from_u64(4);
         let (mut alice, bob) = pair(&mut rng);
-        let m = alice.encrypt(b"bound").map(|m| ratchet(&m)).unwrap_or_else(|e| panic!("{e}"));
+        let m = alice
+            .encrypt(b"bound")
+            .map(|m| ratchet(&m))
+            .unwrap_or_else(|e| panic!("{e}"));
         for bit in 0..bob.associated_data.len() * 8 {
             let mut other = bob.clone();
             other.associated_data[bit / 8] ^= 1 << (bit % 8);

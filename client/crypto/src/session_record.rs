@@ -18,7 +18,7 @@ use crate::session::{OutgoingMessage, Session};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IncomingMessage {
     /// Type 0: an X3DH initiation plus the first ratchet message.
-    PreKey(PreKeyMessage),
+    PreKey(Box<PreKeyMessage>),
     /// Type 1: a ratchet message.
     Normal(RatchetMessage),
 }
@@ -27,7 +27,7 @@ impl IncomingMessage {
     /// Parses a body of the given envelope type (0 or 1).
     pub fn from_parts(message_type: u8, body: &[u8]) -> Result<Self, DecodeError> {
         match message_type {
-            0 => PreKeyMessage::from_bytes(body).map(Self::PreKey),
+            0 => PreKeyMessage::from_bytes(body).map(|m| Self::PreKey(Box::new(m))),
             1 => RatchetMessage::from_bytes(body).map(Self::Normal),
             _ => Err(DecodeError::InvalidField("type")),
         }

@@ -55,7 +55,13 @@ impl TrustStore {
 
     /// Pins `key` for the device (TOFU). A changed key replaces the pin and, for a verified
     /// user, is unapproved until [`TrustStore::approve`].
-    pub fn pin(&mut self, user_id: &str, device_id: &str, key: IdentityKey, now: u64) -> IdentityChange {
+    pub fn pin(
+        &mut self,
+        user_id: &str,
+        device_id: &str,
+        key: IdentityKey,
+        now: u64,
+    ) -> IdentityChange {
         let verified = self.is_verified(user_id);
         let slot = (user_id.to_owned(), device_id.to_owned());
         match self.pins.get_mut(&slot) {
@@ -113,13 +119,21 @@ impl TrustStore {
 
     /// Approves the current key of one device of a verified user.
     pub fn approve(&mut self, user_id: &str, device_id: &str) {
-        if let Some(pin) = self.pins.get_mut(&(user_id.to_owned(), device_id.to_owned())) {
+        if let Some(pin) = self
+            .pins
+            .get_mut(&(user_id.to_owned(), device_id.to_owned()))
+        {
             pin.approved = true;
         }
     }
 
     /// Whether sending to this device with this key is allowed.
-    pub fn check_send(&self, user_id: &str, device_id: &str, key: &IdentityKey) -> Result<(), TrustError> {
+    pub fn check_send(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        key: &IdentityKey,
+    ) -> Result<(), TrustError> {
         let untrusted = || TrustError::UntrustedIdentity {
             user_id: user_id.to_owned(),
             device_id: device_id.to_owned(),
@@ -148,13 +162,19 @@ mod tests {
         assert_eq!(store.pin("@b:y", "D", k1, 11), IdentityChange::Unchanged);
         assert_eq!(store.check_send("@b:y", "D", &k1), Ok(()));
         // Unverified contact: warn, but sending continues with the new key.
-        assert_eq!(store.pin("@b:y", "D", k2, 12), IdentityChange::ReplacedExisting);
+        assert_eq!(
+            store.pin("@b:y", "D", k2, 12),
+            IdentityChange::ReplacedExisting
+        );
         assert_eq!(store.pinned("@b:y", "D"), Some(&k2));
         assert_eq!(store.check_send("@b:y", "D", &k2), Ok(()));
         assert!(store.check_send("@b:y", "D", &k1).is_err());
         // Verified contact: a change blocks sending until approved.
         store.set_verified("@b:y");
-        assert_eq!(store.pin("@b:y", "D", k1, 13), IdentityChange::ReplacedExisting);
+        assert_eq!(
+            store.pin("@b:y", "D", k1, 13),
+            IdentityChange::ReplacedExisting
+        );
         assert!(store.check_send("@b:y", "D", &k1).is_err());
         // A new device of a verified user is not trusted silently either.
         assert_eq!(store.pin("@b:y", "E", k2, 14), IdentityChange::New);

@@ -90,7 +90,11 @@ impl PreKeyBundle {
     /// algorithm: `claim_key` is `hush.x3dh_bundle:<SPK id>` and `value` is
     /// `{"signed_prekey": {"signed_curve25519:<id>": SPK}, ["one_time_key": {"signed_curve25519:<id>": OPK}]}`.
     /// `device` is the (pinned) verified device the claim was for.
-    pub fn from_claim(device: &DeviceKeys, claim_key: &str, value: &Value) -> Result<Self, X3dhError> {
+    pub fn from_claim(
+        device: &DeviceKeys,
+        claim_key: &str,
+        value: &Value,
+    ) -> Result<Self, X3dhError> {
         let spk_id = claim_key
             .strip_prefix(BUNDLE_CLAIM_ALGORITHM)
             .and_then(|t| t.strip_prefix(':'))
@@ -103,7 +107,9 @@ impl PreKeyBundle {
         let otk = single_entry(map.get("one_time_key"), "one_time_key")?;
         let signed_prekey = verify_entry(device, spk, true)?;
         if signed_prekey.id.to_base64() != spk_id {
-            return Err(X3dhError::MalformedBundle("claim key names another signed prekey"));
+            return Err(X3dhError::MalformedBundle(
+                "claim key names another signed prekey",
+            ));
         }
         let one_time_key = otk.map(|e| verify_entry(device, e, false)).transpose()?;
         Ok(Self {
@@ -205,7 +211,9 @@ mod tests {
             "05e2c05860f2ac6b2b57ba564b421ffe71e4b128c591e46e0491cc9b33dbf22a27"
         );
         let dh = |s: &Curve25519Secret, p: &Curve25519Secret| {
-            diffie_hellman(s, &p.public_key()).map(|k| *k).unwrap_or([0; 32])
+            diffie_hellman(s, &p.public_key())
+                .map(|k| *k)
+                .unwrap_or([0; 32])
         };
         let alice = [
             dh(&alice_identity, &bob_spk),
@@ -248,7 +256,11 @@ mod tests {
     #[test]
     fn associated_data_is_unambiguous() {
         let ik = crate::identity::IdentityKeyPair::from_seed(&[1; 32]).public_key();
-        let a = |u, d| Party { user_id: u, device_id: d, identity_key: &ik };
+        let a = |u, d| Party {
+            user_id: u,
+            device_id: d,
+            identity_key: &ik,
+        };
         let x = associated_data(&a("@a:b", "CD"), &a("@e:f", "G"));
         let y = associated_data(&a("@a:b", "C"), &a("D@e:f", "G"));
         assert_ne!(x, y);

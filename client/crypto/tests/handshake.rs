@@ -14,10 +14,15 @@ use serde_json::Value;
 use support::*;
 
 fn flip_b64(value: &mut Value, pointer: &str) {
-    let text = value.pointer(pointer).and_then(Value::as_str).unwrap().to_owned();
+    let text = value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap()
+        .to_owned();
     let mut bytes = hush_federation::base64::decode_lenient(&text).unwrap();
     bytes[3] ^= 0x01;
-    *value.pointer_mut(pointer).unwrap() = Value::String(hush_federation::base64::encode_unpadded(&bytes));
+    *value.pointer_mut(pointer).unwrap() =
+        Value::String(hush_federation::base64::encode_unpadded(&bytes));
 }
 
 #[test]
@@ -29,8 +34,15 @@ fn full_handshake_with_and_without_one_time_key() {
     assert_eq!(bob.one_time_key_count(), 2);
     for i in 0..5u8 {
         let m = a.encrypt(&[i]).unwrap();
-        assert_eq!(m.message_type(), 1, "Alice stops sending prekey messages after a reply");
-        assert_eq!(b.decrypt(&mut rng, &incoming(&m), T0).unwrap().as_slice(), &[i]);
+        assert_eq!(
+            m.message_type(),
+            1,
+            "Alice stops sending prekey messages after a reply"
+        );
+        assert_eq!(
+            b.decrypt(&mut rng, &incoming(&m), T0).unwrap().as_slice(),
+            &[i]
+        );
     }
     let (_a, _b) = establish(&mut rng, &alice, &mut bob, false);
     assert_eq!(bob.one_time_key_count(), 2);
@@ -45,18 +57,29 @@ fn p02_one_time_key_consumed_only_after_successful_decryption() {
     let mut bob = device(&mut rng, "@bob:beta.example", "BOB1", 1);
     let otk_id = bundle(&bob, true).one_time_key().unwrap().id;
     let mut a_rec = SessionRecord::new(bob.user_id(), bob.device_id());
-    a_rec.promote(alice.initiate_outbound(&mut rng, &bundle(&bob, true)).unwrap());
+    a_rec.promote(
+        alice
+            .initiate_outbound(&mut rng, &bundle(&bob, true))
+            .unwrap(),
+    );
     let first = prekey(&a_rec.encrypt(b"first").unwrap());
     let empty = SessionRecord::new(alice.user_id(), alice.device_id());
 
     let mut forged = first.clone();
     let last = forged.message.ciphertext.len() - 1;
     forged.message.ciphertext[last] ^= 0x80;
-    let err = bob.accept_inbound(&mut rng, &empty, alice.user_id(), &forged, T0).unwrap_err();
+    let err = bob
+        .accept_inbound(&mut rng, &empty, alice.user_id(), &forged, T0)
+        .unwrap_err();
     assert_eq!(err, X3dhError::Decrypt(DecryptError::AuthenticationFailed));
-    assert!(bob.has_one_time_key(otk_id), "a forgery must not burn the one-time key");
+    assert!(
+        bob.has_one_time_key(otk_id),
+        "a forgery must not burn the one-time key"
+    );
 
-    let inbound = bob.accept_inbound(&mut rng, &empty, alice.user_id(), &first, T0).unwrap();
+    let inbound = bob
+        .accept_inbound(&mut rng, &empty, alice.user_id(), &first, T0)
+        .unwrap();
     assert_eq!(inbound.used_one_time_key, Some(otk_id));
     assert!(!inbound.existing_session);
     assert!(bob.remove_one_time_key(otk_id));
@@ -65,9 +88,14 @@ fn p02_one_time_key_consumed_only_after_successful_decryption() {
     // Replaying the same initial message: the record already knows the base key, so no new
     // session is made and the repeated counter is rejected.
     let replay = bob.accept_inbound(&mut rng, &record, alice.user_id(), &first, T0);
-    assert_eq!(replay.unwrap_err(), X3dhError::Decrypt(DecryptError::Duplicate { counter: 0 }));
+    assert_eq!(
+        replay.unwrap_err(),
+        X3dhError::Decrypt(DecryptError::Duplicate { counter: 0 })
+    );
     // Against a record that lost the session, the consumed key is gone: error, no session.
-    let err = bob.accept_inbound(&mut rng, &empty, alice.user_id(), &first, T0).unwrap_err();
+    let err = bob
+        .accept_inbound(&mut rng, &empty, alice.user_id(), &first, T0)
+        .unwrap_err();
     assert_eq!(err, X3dhError::UnknownOneTimeKey(otk_id.0));
 }
 
@@ -79,9 +107,22 @@ fn p03_bad_prekey_signatures_abort_the_handshake() {
     let keys = device_keys(&bob);
     let (claim_key, value) = claim(&bob, true);
     assert!(PreKeyBundle::from_claim(&keys, &claim_key, &value).is_ok());
-    let spk_id = value["signed_prekey"].as_object().unwrap().keys().next().unwrap().clone();
-    let otk_id = value["one_time_key"].as_object().unwrap().keys().next().unwrap().clone();
-    let sig = |role: &str, id: &str| format!("/{role}/{id}/signatures/@bob:beta.example/ed25519:BOB1");
+    let spk_id = value["signed_prekey"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let otk_id = value["one_time_key"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let sig =
+        |role: &str, id: &str| format!("/{role}/{id}/signatures/@bob:beta.example/ed25519:BOB1");
     for pointer in [
         sig("signed_prekey", &spk_id),
         format!("/signed_prekey/{spk_id}/key"),
@@ -104,7 +145,10 @@ fn p03_bad_prekey_signatures_abort_the_handshake() {
     );
     // A missing signature.
     let mut unsigned = value.clone();
-    unsigned["signed_prekey"][&spk_id].as_object_mut().unwrap().remove("signatures");
+    unsigned["signed_prekey"][&spk_id]
+        .as_object_mut()
+        .unwrap()
+        .remove("signatures");
     assert_eq!(
         PreKeyBundle::from_claim(&keys, &claim_key, &unsigned).unwrap_err(),
         X3dhError::BadPreKeySignature
@@ -120,31 +164,46 @@ fn p04_unknown_one_time_key_is_rejected_never_downgraded() {
     let bob = device(&mut rng, "@bob:beta.example", "BOB1", 2);
     let empty = SessionRecord::new(alice.user_id(), alice.device_id());
     let mut rec = SessionRecord::new(bob.user_id(), bob.device_id());
-    rec.promote(alice.initiate_outbound(&mut rng, &bundle(&bob, true)).unwrap());
+    rec.promote(
+        alice
+            .initiate_outbound(&mut rng, &bundle(&bob, true))
+            .unwrap(),
+    );
     let mut msg = prekey(&rec.encrypt(b"x").unwrap());
     msg.one_time_key_id = Some(999_999);
     assert_eq!(
-        bob.accept_inbound(&mut rng, &empty, alice.user_id(), &msg, T0).unwrap_err(),
+        bob.accept_inbound(&mut rng, &empty, alice.user_id(), &msg, T0)
+            .unwrap_err(),
         X3dhError::UnknownOneTimeKey(999_999)
     );
     // The sender did a 3-DH (no one-time key) but the message names one: DH4 mismatch.
     let mut rec = SessionRecord::new(bob.user_id(), bob.device_id());
-    rec.promote(alice.initiate_outbound(&mut rng, &bundle(&bob, false)).unwrap());
+    rec.promote(
+        alice
+            .initiate_outbound(&mut rng, &bundle(&bob, false))
+            .unwrap(),
+    );
     let mut msg = prekey(&rec.encrypt(b"x").unwrap());
     let real = bundle(&bob, true).one_time_key().unwrap().id;
     msg.one_time_key_id = Some(real.0);
     assert_eq!(
-        bob.accept_inbound(&mut rng, &empty, alice.user_id(), &msg, T0).unwrap_err(),
+        bob.accept_inbound(&mut rng, &empty, alice.user_id(), &msg, T0)
+            .unwrap_err(),
         X3dhError::Decrypt(DecryptError::AuthenticationFailed)
     );
     assert!(bob.has_one_time_key(real));
     // And the other way round: a 4-DH message with its one-time key id stripped.
     let mut rec = SessionRecord::new(bob.user_id(), bob.device_id());
-    rec.promote(alice.initiate_outbound(&mut rng, &bundle(&bob, true)).unwrap());
+    rec.promote(
+        alice
+            .initiate_outbound(&mut rng, &bundle(&bob, true))
+            .unwrap(),
+    );
     let mut msg = prekey(&rec.encrypt(b"x").unwrap());
     msg.one_time_key_id = None;
     assert_eq!(
-        bob.accept_inbound(&mut rng, &empty, alice.user_id(), &msg, T0).unwrap_err(),
+        bob.accept_inbound(&mut rng, &empty, alice.user_id(), &msg, T0)
+            .unwrap_err(),
         X3dhError::Decrypt(DecryptError::AuthenticationFailed)
     );
 }
@@ -159,18 +218,25 @@ fn p08_readdressed_messages_are_rejected() {
     let bob2 = device(&mut rng, "@bob:beta.example", "BOB2", 1);
     let carol = device(&mut rng, "@carol:gamma.example", "CAROL1", 1);
     let mut rec = SessionRecord::new(bob1.user_id(), bob1.device_id());
-    rec.promote(alice.initiate_outbound(&mut rng, &bundle(&bob1, false)).unwrap());
+    rec.promote(
+        alice
+            .initiate_outbound(&mut rng, &bundle(&bob1, false))
+            .unwrap(),
+    );
     let msg = prekey(&rec.encrypt(b"for bob1 only").unwrap());
     let empty = SessionRecord::new(alice.user_id(), alice.device_id());
     for other in [&bob2, &carol] {
         // Even if the other device happens to hold a signed prekey with the same id, the
         // identity binding in the associated data makes decryption fail.
-        assert!(other.accept_inbound(&mut rng, &empty, alice.user_id(), &msg, T0).is_err());
+        assert!(other
+            .accept_inbound(&mut rng, &empty, alice.user_id(), &msg, T0)
+            .is_err());
     }
     // The homeserver says the event came from Mallory: refused before any DH.
     let mallory_rec = SessionRecord::new("@mallory:evil.example", "ALICE1");
     assert_eq!(
-        bob1.accept_inbound(&mut rng, &mallory_rec, "@mallory:evil.example", &msg, T0).unwrap_err(),
+        bob1.accept_inbound(&mut rng, &mallory_rec, "@mallory:evil.example", &msg, T0)
+            .unwrap_err(),
         X3dhError::SenderMismatch
     );
     // A message claiming another sender device than the one it was made for fails the AD.
@@ -178,10 +244,13 @@ fn p08_readdressed_messages_are_rejected() {
     renamed.sender_device = "ALICE2".to_owned();
     let rec2 = SessionRecord::new(alice.user_id(), "ALICE2");
     assert_eq!(
-        bob1.accept_inbound(&mut rng, &rec2, alice.user_id(), &renamed, T0).unwrap_err(),
+        bob1.accept_inbound(&mut rng, &rec2, alice.user_id(), &renamed, T0)
+            .unwrap_err(),
         X3dhError::Decrypt(DecryptError::AuthenticationFailed)
     );
-    assert!(bob1.accept_inbound(&mut rng, &empty, alice.user_id(), &msg, T0).is_ok());
+    assert!(bob1
+        .accept_inbound(&mut rng, &empty, alice.user_id(), &msg, T0)
+        .is_ok());
 }
 
 /// P9: low-order points as signed prekey, one-time key, base key or ratchet key are refused.
@@ -193,11 +262,18 @@ fn p09_low_order_keys_are_rejected_in_every_role() {
     let low = hush_crypto::Curve25519PublicKey::from_bytes([0; 32]);
     let order8 = {
         let mut k = [0u8; 32];
-        k.copy_from_slice(&hex::decode("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800").unwrap());
+        k.copy_from_slice(
+            &hex::decode("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+                .unwrap(),
+        );
         hush_crypto::Curve25519PublicKey::from_bytes(k)
     };
     // As SPK and OPK: properly signed by Bob, so only the DH check can catch them.
-    for (spk, otk) in [(low, None), (order8, None), (bundle(&bob, false).signed_prekey().key, Some(order8))] {
+    for (spk, otk) in [
+        (low, None),
+        (order8, None),
+        (bundle(&bob, false).signed_prekey().key, Some(order8)),
+    ] {
         let mut value = serde_json::json!({"signed_prekey": {
             KeyId(50).to_matrix_key_id():
                 signed_key_object(bob.identity(), bob.user_id(), bob.device_id(), &spk, true).unwrap()
@@ -206,19 +282,28 @@ fn p09_low_order_keys_are_rejected_in_every_role() {
             value["one_time_key"] = serde_json::json!({KeyId(51).to_matrix_key_id():
                 signed_key_object(bob.identity(), bob.user_id(), bob.device_id(), &otk, false).unwrap()});
         }
-        let b = PreKeyBundle::from_claim(&device_keys(&bob), "hush.x3dh_bundle:AAAAMg", &value).unwrap();
+        let b = PreKeyBundle::from_claim(&device_keys(&bob), "hush.x3dh_bundle:AAAAMg", &value)
+            .unwrap();
         let err = alice.initiate_outbound(&mut rng, &b).unwrap_err();
-        assert_eq!(err, X3dhError::Key(hush_crypto::errors::KeyError::NonContributory));
+        assert_eq!(
+            err,
+            X3dhError::Key(hush_crypto::errors::KeyError::NonContributory)
+        );
     }
     // As base key EK_A in a prekey message.
     let mut rec = SessionRecord::new(bob.user_id(), bob.device_id());
-    rec.promote(alice.initiate_outbound(&mut rng, &bundle(&bob, true)).unwrap());
+    rec.promote(
+        alice
+            .initiate_outbound(&mut rng, &bundle(&bob, true))
+            .unwrap(),
+    );
     let mut msg = prekey(&rec.encrypt(b"x").unwrap());
     let empty = SessionRecord::new(alice.user_id(), alice.device_id());
     for bad in [low, order8] {
         msg.base_key = bad;
         assert_eq!(
-            bob.accept_inbound(&mut rng, &empty, alice.user_id(), &msg, T0).unwrap_err(),
+            bob.accept_inbound(&mut rng, &empty, alice.user_id(), &msg, T0)
+                .unwrap_err(),
             X3dhError::Key(hush_crypto::errors::KeyError::NonContributory)
         );
     }
@@ -226,12 +311,15 @@ fn p09_low_order_keys_are_rejected_in_every_role() {
     let mut bob2 = device(&mut rng, "@bob:beta.example", "BOB2", 1);
     let (mut a, mut b) = establish(&mut rng, &alice, &mut bob2, true);
     let m = a.encrypt(b"y").unwrap();
-    let IncomingMessage::Normal(mut m) = incoming(&m) else { panic!() };
+    let IncomingMessage::Normal(mut m) = incoming(&m) else {
+        panic!()
+    };
     let before = b.to_bytes();
     for bad in [low, order8] {
         m.header.ratchet_key = bad;
         assert_eq!(
-            b.decrypt(&mut rng, &IncomingMessage::Normal(m.clone()), T0).unwrap_err(),
+            b.decrypt(&mut rng, &IncomingMessage::Normal(m.clone()), T0)
+                .unwrap_err(),
             DecryptError::NonContributory
         );
         assert_eq!(b.to_bytes(), before);
@@ -278,11 +366,15 @@ fn p11_keys_are_never_reused_across_handshakes_or_steps() {
     let mut seen = HashSet::new();
     for _ in 0..10 {
         let m = a.encrypt(b"ping").unwrap();
-        let IncomingMessage::Normal(r) = incoming(&m) else { panic!() };
+        let IncomingMessage::Normal(r) = incoming(&m) else {
+            panic!()
+        };
         assert!(seen.insert(r.header.ratchet_key) || r.header.counter > 0);
         bb.decrypt(&mut rng, &incoming(&m), T0).unwrap();
         let m = bb.encrypt(b"pong").unwrap();
-        let IncomingMessage::Normal(r) = incoming(&m) else { panic!() };
+        let IncomingMessage::Normal(r) = incoming(&m) else {
+            panic!()
+        };
         assert!(seen.insert(r.header.ratchet_key));
         a.decrypt(&mut rng, &incoming(&m), T0).unwrap();
     }
@@ -308,8 +400,10 @@ fn p12_signature_contexts_are_separated() {
     let bob = device(&mut rng, "@bob:beta.example", "BOB1", 1);
     let ik = bob.identity_key();
     let key = bundle(&bob, false).signed_prekey().key;
-    let otk_obj = signed_key_object(bob.identity(), bob.user_id(), bob.device_id(), &key, false).unwrap();
-    let spk_obj = signed_key_object(bob.identity(), bob.user_id(), bob.device_id(), &key, true).unwrap();
+    let otk_obj =
+        signed_key_object(bob.identity(), bob.user_id(), bob.device_id(), &key, false).unwrap();
+    let spk_obj =
+        signed_key_object(bob.identity(), bob.user_id(), bob.device_id(), &key, true).unwrap();
     assert!(verify_key_object(&otk_obj, &ik, bob.user_id(), bob.device_id(), false).is_ok());
     assert!(verify_key_object(&spk_obj, &ik, bob.user_id(), bob.device_id(), true).is_ok());
     // An OTK signature presented as an SPK (add "fallback": true, keep the signature).
@@ -357,16 +451,22 @@ fn p16_signed_prekey_rotation_and_retention() {
     // Keep the schedule going: rotation within the window must not drop the old key early.
     let mut bob_later = Account::from_bytes(&bob.to_bytes()).unwrap();
     bob_later.maintain(&mut rng, inside).unwrap();
-    assert!(bob_later.accept_inbound(&mut rng, &empty, alice.user_id(), &msg, inside).is_ok());
+    assert!(bob_later
+        .accept_inbound(&mut rng, &empty, alice.user_id(), &msg, inside)
+        .is_ok());
     let after = rotated_at + SPK_RETENTION_SECS;
     bob.maintain(&mut rng, after).unwrap();
-    assert!(bob.signed_prekeys().iter().all(|k| k.id() != old_id), "private key erased");
+    assert!(
+        bob.signed_prekeys().iter().all(|k| k.id() != old_id),
+        "private key erased"
+    );
     // Left: the key made at `rotated_at` (retired just now) and the new current one.
     assert_eq!(bob.signed_prekeys().len(), 2);
     let restored = Account::from_bytes(&bob.to_bytes()).unwrap();
     assert!(restored.signed_prekeys().iter().all(|k| k.id() != old_id));
     assert_eq!(
-        bob.accept_inbound(&mut rng, &empty, alice.user_id(), &msg, after).unwrap_err(),
+        bob.accept_inbound(&mut rng, &empty, alice.user_id(), &msg, after)
+            .unwrap_err(),
         X3dhError::UnknownSignedPreKey(old_id.0)
     );
 }
@@ -379,26 +479,39 @@ fn p17_replayed_initial_message_without_one_time_key() {
     let alice = device(&mut rng, "@alice:alpha.example", "ALICE1", 0);
     let bob = device(&mut rng, "@bob:beta.example", "BOB1", 0);
     let mut a_rec = SessionRecord::new(bob.user_id(), bob.device_id());
-    a_rec.promote(alice.initiate_outbound(&mut rng, &bundle(&bob, false)).unwrap());
+    a_rec.promote(
+        alice
+            .initiate_outbound(&mut rng, &bundle(&bob, false))
+            .unwrap(),
+    );
     let first = prekey(&a_rec.encrypt(b"one").unwrap());
     let second = prekey(&a_rec.encrypt(b"two").unwrap());
     let empty = SessionRecord::new(alice.user_id(), alice.device_id());
-    let inbound = bob.accept_inbound(&mut rng, &empty, alice.user_id(), &first, T0).unwrap();
+    let inbound = bob
+        .accept_inbound(&mut rng, &empty, alice.user_id(), &first, T0)
+        .unwrap();
     assert_eq!(inbound.used_one_time_key, None);
     let mut record = inbound.record;
     // Alice's second prekey message (same handshake) goes to the same session.
-    let again = bob.accept_inbound(&mut rng, &record, alice.user_id(), &second, T0).unwrap();
+    let again = bob
+        .accept_inbound(&mut rng, &record, alice.user_id(), &second, T0)
+        .unwrap();
     assert!(again.existing_session);
     assert_eq!(again.plaintext.as_slice(), b"two");
     assert_eq!(again.record.inactive_count(), 0);
     record = again.record;
     let before = record.to_bytes();
     let replay = bob.accept_inbound(&mut rng, &record, alice.user_id(), &first, T0);
-    assert_eq!(replay.unwrap_err(), X3dhError::Decrypt(DecryptError::Duplicate { counter: 0 }));
+    assert_eq!(
+        replay.unwrap_err(),
+        X3dhError::Decrypt(DecryptError::Duplicate { counter: 0 })
+    );
     assert_eq!(record.to_bytes(), before);
     // The record's own decrypt gives the same answer for a type-0 message.
     assert_eq!(
-        record.decrypt(&mut rng, &IncomingMessage::PreKey(first), T0).unwrap_err(),
+        record
+            .decrypt(&mut rng, &IncomingMessage::PreKey(Box::new(first)), T0)
+            .unwrap_err(),
         DecryptError::Duplicate { counter: 0 }
     );
 }
@@ -412,22 +525,45 @@ fn p19_simultaneous_initiation_converges() {
     let mut bob = device(&mut rng, "@bob:beta.example", "BOB1", 2);
     let mut a_rec = SessionRecord::new(bob.user_id(), bob.device_id());
     let mut b_rec = SessionRecord::new(alice.user_id(), alice.device_id());
-    a_rec.promote(alice.initiate_outbound(&mut rng, &bundle(&bob, true)).unwrap());
-    b_rec.promote(bob.initiate_outbound(&mut rng, &bundle(&alice, true)).unwrap());
+    a_rec.promote(
+        alice
+            .initiate_outbound(&mut rng, &bundle(&bob, true))
+            .unwrap(),
+    );
+    b_rec.promote(
+        bob.initiate_outbound(&mut rng, &bundle(&alice, true))
+            .unwrap(),
+    );
     let from_a = prekey(&a_rec.encrypt(b"hi from alice").unwrap());
     let from_b = prekey(&b_rec.encrypt(b"hi from bob").unwrap());
-    let at_bob = bob.accept_inbound(&mut rng, &b_rec, alice.user_id(), &from_a, T0).unwrap();
+    let at_bob = bob
+        .accept_inbound(&mut rng, &b_rec, alice.user_id(), &from_a, T0)
+        .unwrap();
     bob.remove_one_time_key(at_bob.used_one_time_key.unwrap());
     b_rec = at_bob.record;
-    let at_alice = alice.accept_inbound(&mut rng, &a_rec, bob.user_id(), &from_b, T0).unwrap();
+    let at_alice = alice
+        .accept_inbound(&mut rng, &a_rec, bob.user_id(), &from_b, T0)
+        .unwrap();
     alice.remove_one_time_key(at_alice.used_one_time_key.unwrap());
     a_rec = at_alice.record;
     assert_eq!(a_rec.inactive_count(), 1);
     // Their active sessions differ now. One round trip later they agree.
     let m = a_rec.encrypt(b"round 1").unwrap();
-    assert_eq!(b_rec.decrypt(&mut rng, &incoming(&m), T0).unwrap().as_slice(), b"round 1");
+    assert_eq!(
+        b_rec
+            .decrypt(&mut rng, &incoming(&m), T0)
+            .unwrap()
+            .as_slice(),
+        b"round 1"
+    );
     let m = b_rec.encrypt(b"round 1 reply").unwrap();
-    assert_eq!(a_rec.decrypt(&mut rng, &incoming(&m), T0).unwrap().as_slice(), b"round 1 reply");
+    assert_eq!(
+        a_rec
+            .decrypt(&mut rng, &incoming(&m), T0)
+            .unwrap()
+            .as_slice(),
+        b"round 1 reply"
+    );
     assert_eq!(
         a_rec.active().unwrap().base_key(),
         b_rec.active().unwrap().base_key(),
@@ -436,9 +572,21 @@ fn p19_simultaneous_initiation_converges() {
     for i in 0..3u8 {
         let m = a_rec.encrypt(&[i]).unwrap();
         assert_eq!(m.message_type(), 1);
-        assert_eq!(b_rec.decrypt(&mut rng, &incoming(&m), T0).unwrap().as_slice(), &[i]);
+        assert_eq!(
+            b_rec
+                .decrypt(&mut rng, &incoming(&m), T0)
+                .unwrap()
+                .as_slice(),
+            &[i]
+        );
         let m = b_rec.encrypt(&[i]).unwrap();
-        assert_eq!(a_rec.decrypt(&mut rng, &incoming(&m), T0).unwrap().as_slice(), &[i]);
+        assert_eq!(
+            a_rec
+                .decrypt(&mut rng, &incoming(&m), T0)
+                .unwrap()
+                .as_slice(),
+            &[i]
+        );
     }
 }
 
@@ -466,8 +614,7 @@ fn p24_unsigned_or_inconsistent_devices_are_not_encrypted_to() {
         DeviceKeysError::BadSignature
     );
     let mut mismatched = good.clone();
-    mismatched["keys"]["curve25519:BOB1"] =
-        Value::String(mallory.curve25519_key().to_base64());
+    mismatched["keys"]["curve25519:BOB1"] = Value::String(mallory.curve25519_key().to_base64());
     assert_eq!(
         DeviceKeys::from_json(&mismatched, "@bob:beta.example", "BOB1").unwrap_err(),
         DeviceKeysError::CurveKeyMismatch
@@ -503,7 +650,10 @@ fn key_ids_stay_unique_across_serialization() {
     assert_eq!(new_ids.len(), 11);
     assert!(ids.is_disjoint(&new_ids), "no id is ever reused");
     for id in &new_ids {
-        assert_eq!(KeyId::from_matrix_key_id(id).unwrap().to_matrix_key_id(), *id);
+        assert_eq!(
+            KeyId::from_matrix_key_id(id).unwrap().to_matrix_key_id(),
+            *id
+        );
         assert_eq!(id.len(), "signed_curve25519:".len() + 6);
     }
     assert_eq!(Account::one_time_keys_wanted(5), 95);
@@ -518,8 +668,14 @@ fn uploaded_key_objects_have_matrix_shapes() {
     let dk = account.device_keys().unwrap();
     let mut fields: Vec<&String> = dk.as_object().unwrap().keys().collect();
     fields.sort();
-    assert_eq!(fields, ["algorithms", "device_id", "keys", "signatures", "user_id"]);
-    assert_eq!(dk["algorithms"], serde_json::json!(["hush.x3dh.ratchet.v1"]));
+    assert_eq!(
+        fields,
+        ["algorithms", "device_id", "keys", "signatures", "user_id"]
+    );
+    assert_eq!(
+        dk["algorithms"],
+        serde_json::json!(["hush.x3dh.ratchet.v1"])
+    );
     assert_eq!(
         dk["keys"]["curve25519:BOB1"].as_str().unwrap(),
         account.curve25519_key().to_base64()
@@ -533,5 +689,11 @@ fn uploaded_key_objects_have_matrix_shapes() {
     let mut fields: Vec<&String> = otk.as_object().unwrap().keys().collect();
     fields.sort();
     assert_eq!(fields, ["key", "signatures"]);
-    assert_eq!(otk["signatures"]["@bob:beta.example"]["ed25519:BOB1"].as_str().unwrap().len(), 86);
+    assert_eq!(
+        otk["signatures"]["@bob:beta.example"]["ed25519:BOB1"]
+            .as_str()
+            .unwrap()
+            .len(),
+        86
+    );
 }

@@ -8,7 +8,9 @@ use std::collections::HashSet;
 use hush_crypto::consts::{MAX_RECEIVER_CHAINS, MAX_SKIPPED_KEYS};
 use hush_crypto::message::{PreKeyMessage, RatchetMessage};
 use hush_crypto::session_record::IncomingMessage;
-use hush_crypto::{parse_content, Account, Curve25519PublicKey, Fingerprint, PickleKey, Session, SessionRecord};
+use hush_crypto::{
+    parse_content, Account, Curve25519PublicKey, Fingerprint, PickleKey, Session, SessionRecord,
+};
 use proptest::prelude::*;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -208,9 +210,12 @@ proptest! {
     }
 }
 
-fn valid_samples(seed: u64) -> Vec<(u8, Vec<u8>)> {
+/// (decoder kind, valid encoding) pairs.
+type Samples = Vec<(u8, Vec<u8>)>;
+
+fn valid_samples(seed: u64) -> Samples {
     use std::sync::OnceLock;
-    static SAMPLES: OnceLock<Vec<Vec<(u8, Vec<u8>)>>> = OnceLock::new();
+    static SAMPLES: OnceLock<Vec<Samples>> = OnceLock::new();
     let all = SAMPLES.get_or_init(|| {
         (0..4)
             .map(|s| {
@@ -218,11 +223,20 @@ fn valid_samples(seed: u64) -> Vec<(u8, Vec<u8>)> {
                 let alice = device(&mut rng, "@alice:alpha.example", "ALICE1", 2);
                 let mut bob = device(&mut rng, "@bob:beta.example", "BOB1", 1);
                 let mut rec = SessionRecord::new(bob.user_id(), bob.device_id());
-                rec.promote(alice.initiate_outbound(&mut rng, &bundle(&bob, true)).unwrap());
+                rec.promote(
+                    alice
+                        .initiate_outbound(&mut rng, &bundle(&bob, true))
+                        .unwrap(),
+                );
                 let pk = rec.encrypt(b"p").unwrap().to_bytes();
                 let (mut a, _b) = establish(&mut rng, &alice, &mut bob, true);
                 let normal = a.encrypt(b"n").unwrap().to_bytes();
-                vec![(0, pk), (1, normal), (2, a.to_bytes().to_vec()), (3, alice.to_bytes().to_vec())]
+                vec![
+                    (0, pk),
+                    (1, normal),
+                    (2, a.to_bytes().to_vec()),
+                    (3, alice.to_bytes().to_vec()),
+                ]
             })
             .collect()
     });

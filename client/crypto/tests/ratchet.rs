@@ -56,7 +56,11 @@ fn p01_snapshot_reuse_is_detectable_and_live_sessions_never_repeat_keys() {
     assert!(save(&mut current, &first).is_ok());
     let mut second = SessionRecord::from_bytes(&stored).unwrap();
     let m2 = second.encrypt(b"other").unwrap();
-    assert_eq!(normal(&m1).header, normal(&m2).header, "same snapshot, same message key");
+    assert_eq!(
+        normal(&m1).header,
+        normal(&m2).header,
+        "same snapshot, same message key"
+    );
     assert_eq!(save(&mut current, &second), Err("stale generation"));
     // Live: every header (ratchet key, N) is fresh.
     let mut seen = std::collections::HashSet::new();
@@ -79,14 +83,24 @@ fn p05_skipped_key_dos_is_bounded() {
     let mut cases = Vec::new();
     let mut far = m.clone();
     far.header.counter = 1 + MAX_SKIP + 1;
-    cases.push((far, DecryptError::TooFarAhead { gap: u64::from(MAX_SKIP) + 1 }));
+    cases.push((
+        far,
+        DecryptError::TooFarAhead {
+            gap: u64::from(MAX_SKIP) + 1,
+        },
+    ));
     let mut max = m.clone();
     max.header.counter = u32::MAX;
     cases.push((max, DecryptError::BeyondChainEnd));
     let mut new_key = m.clone();
     new_key.header.ratchet_key = hush_crypto::Curve25519Secret::generate(&mut rng).public_key();
     new_key.header.counter = MAX_SKIP + 1;
-    cases.push((new_key.clone(), DecryptError::TooFarAhead { gap: u64::from(MAX_SKIP) + 1 }));
+    cases.push((
+        new_key.clone(),
+        DecryptError::TooFarAhead {
+            gap: u64::from(MAX_SKIP) + 1,
+        },
+    ));
     new_key.header.counter = 0;
     new_key.header.previous_counter = u32::MAX;
     cases.push((new_key, DecryptError::AuthenticationFailed));
@@ -100,7 +114,10 @@ fn p05_skipped_key_dos_is_bounded() {
     }
     let last = normal(&a.encrypt(b"last").unwrap());
     assert_eq!(last.header.counter, MAX_SKIP + 1);
-    assert_eq!(b.decrypt(&mut rng, &n(last), T0).unwrap().as_slice(), b"last");
+    assert_eq!(
+        b.decrypt(&mut rng, &n(last), T0).unwrap().as_slice(),
+        b"last"
+    );
     assert_eq!(b.active().unwrap().skipped_key_count(), MAX_SKIP as usize);
     assert_eq!(b.decrypt(&mut rng, &n(m), T0).unwrap().as_slice(), b"y");
 }
@@ -135,7 +152,13 @@ fn p06_p07_every_bit_flip_fails_without_state_change() {
         }
         assert_eq!(a.to_bytes(), before);
     }
-    assert!(a.decrypt(&mut rng, &n(RatchetMessage::from_bytes(&reply).unwrap()), T0).is_ok());
+    assert!(a
+        .decrypt(
+            &mut rng,
+            &n(RatchetMessage::from_bytes(&reply).unwrap()),
+            T0
+        )
+        .is_ok());
 }
 
 /// P7: each header field is authenticated.
@@ -162,8 +185,18 @@ fn p07_header_fields_are_authenticated() {
 fn p13_duplicates_are_rejected_without_state_change() {
     let (mut rng, mut a, mut b, _, _) = pair(13);
     let msgs: Vec<RatchetMessage> = (0..3).map(|i| normal(&a.encrypt(&[i]).unwrap())).collect();
-    assert_eq!(b.decrypt(&mut rng, &n(msgs[2].clone()), T0).unwrap().as_slice(), &[2]);
-    assert_eq!(b.decrypt(&mut rng, &n(msgs[0].clone()), T0).unwrap().as_slice(), &[0]);
+    assert_eq!(
+        b.decrypt(&mut rng, &n(msgs[2].clone()), T0)
+            .unwrap()
+            .as_slice(),
+        &[2]
+    );
+    assert_eq!(
+        b.decrypt(&mut rng, &n(msgs[0].clone()), T0)
+            .unwrap()
+            .as_slice(),
+        &[0]
+    );
     for i in [2usize, 0] {
         let before = b.to_bytes();
         let counter = msgs[i].header.counter;
@@ -173,7 +206,12 @@ fn p13_duplicates_are_rejected_without_state_change() {
         );
         assert_eq!(b.to_bytes(), before);
     }
-    assert_eq!(b.decrypt(&mut rng, &n(msgs[1].clone()), T0).unwrap().as_slice(), &[1]);
+    assert_eq!(
+        b.decrypt(&mut rng, &n(msgs[1].clone()), T0)
+            .unwrap()
+            .as_slice(),
+        &[1]
+    );
 }
 
 /// P13 (exhaustive form): deliver each message twice in a shuffled order.
@@ -181,7 +219,9 @@ fn p13_duplicates_are_rejected_without_state_change() {
 fn p13_each_message_decrypts_exactly_once() {
     use rand::seq::SliceRandom;
     let (mut rng, mut a, mut b, _, _) = pair(14);
-    let msgs: Vec<RatchetMessage> = (0..20u8).map(|i| normal(&a.encrypt(&[i]).unwrap())).collect();
+    let msgs: Vec<RatchetMessage> = (0..20u8)
+        .map(|i| normal(&a.encrypt(&[i]).unwrap()))
+        .collect();
     let mut order: Vec<usize> = (0..20).chain(0..20).collect();
     order.shuffle(&mut rng);
     let mut done = [false; 20];
@@ -195,7 +235,12 @@ fn p13_each_message_decrypts_exactly_once() {
             }
             Err(e) => {
                 assert!(done[i], "{e}");
-                assert_eq!(e, DecryptError::Duplicate { counter: msgs[i].header.counter });
+                assert_eq!(
+                    e,
+                    DecryptError::Duplicate {
+                        counter: msgs[i].header.counter
+                    }
+                );
                 assert_eq!(b.to_bytes(), before);
             }
         }
@@ -215,9 +260,15 @@ fn p15_skipped_keys_and_old_chains_do_not_live_forever() {
     b.decrypt(&mut rng, &n(m2), T0).unwrap();
     assert_eq!(b.active().unwrap().skipped_key_count(), 2);
     let size_with_keys = b.to_bytes().len();
-    assert_eq!(b.decrypt(&mut rng, &n(m0), T0 + SKIPPED_KEY_TTL_SECS - 1).unwrap().as_slice(), b"0");
     assert_eq!(
-        b.decrypt(&mut rng, &n(m1.clone()), T0 + SKIPPED_KEY_TTL_SECS).unwrap_err(),
+        b.decrypt(&mut rng, &n(m0), T0 + SKIPPED_KEY_TTL_SECS - 1)
+            .unwrap()
+            .as_slice(),
+        b"0"
+    );
+    assert_eq!(
+        b.decrypt(&mut rng, &n(m1.clone()), T0 + SKIPPED_KEY_TTL_SECS)
+            .unwrap_err(),
         DecryptError::Duplicate { counter: 2 - 1 }
     );
     b.expire(T0 + SKIPPED_KEY_TTL_SECS);
@@ -228,8 +279,9 @@ fn p15_skipped_keys_and_old_chains_do_not_live_forever() {
     let (mut rng, mut a, mut b, _, _) = pair(16);
     let mut first_of_chain = Vec::new();
     for _ in 0..3 {
-        let mut msgs: Vec<RatchetMessage> =
-            (0..=MAX_SKIP).map(|_| normal(&a.encrypt(b"k").unwrap())).collect();
+        let mut msgs: Vec<RatchetMessage> = (0..=MAX_SKIP)
+            .map(|_| normal(&a.encrypt(b"k").unwrap()))
+            .collect();
         let last = msgs.pop().unwrap();
         first_of_chain.push(msgs.swap_remove(0));
         b.decrypt(&mut rng, &n(last), T0).unwrap();
@@ -239,8 +291,12 @@ fn p15_skipped_keys_and_old_chains_do_not_live_forever() {
     }
     assert_eq!(b.active().unwrap().skipped_key_count(), MAX_SKIPPED_KEYS);
     // The oldest keys (first chain) were evicted; the newer ones still work.
-    assert!(b.decrypt(&mut rng, &n(first_of_chain[0].clone()), T0).is_err());
-    assert!(b.decrypt(&mut rng, &n(first_of_chain[2].clone()), T0).is_ok());
+    assert!(b
+        .decrypt(&mut rng, &n(first_of_chain[0].clone()), T0)
+        .is_err());
+    assert!(b
+        .decrypt(&mut rng, &n(first_of_chain[2].clone()), T0)
+        .is_ok());
 
     // Chains: a message held back from the first chain fails once 5 newer chains exist.
     let (mut rng, mut a, mut b, _, _) = pair(17);
@@ -253,8 +309,15 @@ fn p15_skipped_keys_and_old_chains_do_not_live_forever() {
         let m = a.encrypt(b"m").unwrap();
         b.decrypt(&mut rng, &incoming(&m), T0).unwrap();
     }
-    assert_eq!(b.active().unwrap().receiver_chain_count(), MAX_RECEIVER_CHAINS);
-    assert_eq!(b.active().unwrap().skipped_key_count(), 0, "keys of the dropped chain are gone");
+    assert_eq!(
+        b.active().unwrap().receiver_chain_count(),
+        MAX_RECEIVER_CHAINS
+    );
+    assert_eq!(
+        b.active().unwrap().skipped_key_count(),
+        0,
+        "keys of the dropped chain are gone"
+    );
     let before = b.to_bytes();
     assert!(b.decrypt(&mut rng, &n(held), T0).is_err());
     assert_eq!(b.to_bytes(), before);
@@ -303,7 +366,8 @@ fn pickles_round_trip_and_are_bound_to_key_kind_and_address() {
     let opened = SessionRecord::open(&key, "@bob:beta.example", "BOB1", &blob).unwrap();
     assert_eq!(opened.to_bytes(), a.to_bytes());
     assert_eq!(
-        SessionRecord::open(&PickleKey::new([2; 32]), "@bob:beta.example", "BOB1", &blob).unwrap_err(),
+        SessionRecord::open(&PickleKey::new([2; 32]), "@bob:beta.example", "BOB1", &blob)
+            .unwrap_err(),
         PickleError::AuthenticationFailed
     );
     assert_eq!(
@@ -319,7 +383,11 @@ fn pickles_round_trip_and_are_bound_to_key_kind_and_address() {
     let account_blob = alice.seal(&mut rng, &key);
     let restored = Account::open(&key, alice.user_id(), alice.device_id(), &account_blob).unwrap();
     assert_eq!(restored.to_bytes(), alice.to_bytes());
-    assert_ne!(alice.seal(&mut rng, &key), account_blob, "fresh nonce each time");
+    assert_ne!(
+        alice.seal(&mut rng, &key),
+        account_blob,
+        "fresh nonce each time"
+    );
 }
 
 #[test]
@@ -328,13 +396,33 @@ fn envelope_round_trip_and_payload_binding() {
     let alice = device(&mut rng, "@alice:alpha.example", "ALICE1", 0);
     let bob = device(&mut rng, "@bob:beta.example", "BOB1", 1);
     let bob2 = device(&mut rng, "@bob:beta.example", "BOB2", 1);
-    let (a_ik, b_ik, b2_ik) = (alice.identity_key(), bob.identity_key(), bob2.identity_key());
-    let me = Party { user_id: alice.user_id(), device_id: alice.device_id(), identity_key: &a_ik };
-    let to = Party { user_id: bob.user_id(), device_id: bob.device_id(), identity_key: &b_ik };
-    let other = Party { user_id: bob2.user_id(), device_id: bob2.device_id(), identity_key: &b2_ik };
+    let (a_ik, b_ik, b2_ik) = (
+        alice.identity_key(),
+        bob.identity_key(),
+        bob2.identity_key(),
+    );
+    let me = Party {
+        user_id: alice.user_id(),
+        device_id: alice.device_id(),
+        identity_key: &a_ik,
+    };
+    let to = Party {
+        user_id: bob.user_id(),
+        device_id: bob.device_id(),
+        identity_key: &b_ik,
+    };
+    let other = Party {
+        user_id: bob2.user_id(),
+        device_id: bob2.device_id(),
+        identity_key: &b2_ik,
+    };
     let payload = Payload::new("m.text", serde_json::json!({"body": "hi"}), &me, &to);
     let mut rec = SessionRecord::new(bob.user_id(), bob.device_id());
-    rec.promote(alice.initiate_outbound(&mut rng, &bundle(&bob, true)).unwrap());
+    rec.promote(
+        alice
+            .initiate_outbound(&mut rng, &bundle(&bob, true))
+            .unwrap(),
+    );
     let msg = rec.encrypt(&payload.to_bytes()).unwrap();
     let content = encrypted_content(&alice.curve25519_key(), &[(bob.curve25519_key(), msg)]);
     assert_eq!(content["algorithm"], "hush.x3dh.ratchet.v1");
@@ -343,21 +431,37 @@ fn envelope_round_trip_and_payload_binding() {
     assert!(!entry["body"].as_str().unwrap().contains('='));
     let received = parse_content(&content, &bob.curve25519_key()).unwrap();
     assert_eq!(received.sender_key, alice.curve25519_key());
-    let IncomingMessage::PreKey(pk) = received.message else { panic!() };
+    let IncomingMessage::PreKey(pk) = received.message else {
+        panic!()
+    };
     let empty = SessionRecord::new(alice.user_id(), alice.device_id());
-    let inbound = bob.accept_inbound(&mut rng, &empty, alice.user_id(), &pk, T0).unwrap();
+    let inbound = bob
+        .accept_inbound(&mut rng, &empty, alice.user_id(), &pk, T0)
+        .unwrap();
     let got = Payload::from_bytes(&inbound.plaintext).unwrap();
     assert_eq!(got.check(&me, &to), Ok(()));
-    assert_eq!(got.check(&me, &other), Err(EnvelopeError::PayloadMismatch("recipient_device")));
-    assert_eq!(got.check(&to, &to), Err(EnvelopeError::PayloadMismatch("sender")));
+    assert_eq!(
+        got.check(&me, &other),
+        Err(EnvelopeError::PayloadMismatch("recipient_device"))
+    );
+    assert_eq!(
+        got.check(&to, &to),
+        Err(EnvelopeError::PayloadMismatch("sender"))
+    );
     assert_eq!(
         parse_content(&content, &bob2.curve25519_key()).unwrap_err(),
         EnvelopeError::NotForThisDevice
     );
     let mut wrong = content.clone();
     wrong["algorithm"] = "m.olm.v1.curve25519-aes-sha2".into();
-    assert_eq!(parse_content(&wrong, &bob.curve25519_key()).unwrap_err(), EnvelopeError::UnsupportedAlgorithm);
+    assert_eq!(
+        parse_content(&wrong, &bob.curve25519_key()).unwrap_err(),
+        EnvelopeError::UnsupportedAlgorithm
+    );
     let mut t2 = content.clone();
     t2["ciphertext"][bob.curve25519_key().to_base64()]["type"] = 2.into();
-    assert_eq!(parse_content(&t2, &bob.curve25519_key()).unwrap_err(), EnvelopeError::UnknownType(2));
+    assert_eq!(
+        parse_content(&t2, &bob.curve25519_key()).unwrap_err(),
+        EnvelopeError::UnknownType(2)
+    );
 }

@@ -8,9 +8,20 @@
 //! interface; bodies are filled in by the data-layer work. Signatures may grow (new methods,
 //! new optional fields) but existing ones change only by agreement.
 
-use std::collections::BTreeMap;
+mod accounts;
+mod connect;
+mod device_lists;
+mod devices;
+mod federation;
+mod keys;
+mod mailbox;
+mod retention;
 
-use serde_json::value::RawValue;
+pub use connect::SqliteSync;
+pub use federation::DestinationRow;
+pub use retention::PruneCutoffs;
+
+use sqlx::{PgPool, SqlitePool};
 
 /// Errors from the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -187,319 +198,156 @@ pub enum SendOutcome {
     MailboxFull,
 }
 
-/// Which database to talk to. Constructed by [`Store::connect`].
+/// Which database to talk to. Constructed by [`Store::connect`]; cheap to clone (pools are shared).
 #[derive(Clone)]
 pub struct Store {
-    // Filled in by the data layer.
+    backend: Backend,
 }
 
-impl Store {
-    /// Connects to `sqlite://PATH` (created if missing, WAL) or `postgres://...`, and runs the
-    /// migrations for that backend.
-    pub async fn connect(_database_url: &str) -> StoreResult<Store> {
-        todo!()
-    }
+/// The concrete pools of one backend.
+#[derive(Clone)]
+enum Backend {
+    /// SQLite: one writer connection (SQLite has a single writer; one connection avoids lock
+    /// upgrades failing with `SQLITE_BUSY`) and a small pool of readers (WAL lets them run
+    /// alongside the writer).
+    Sqlite {
+        writer: SqlitePool,
+        reader: SqlitePool,
+    },
+    /// PostgreSQL: one pool for everything.
+    Postgres(PgPool),
+}
 
+/// Runs `$body` against the backend's pools: `$w` is the pool for writes, `$r` the pool for
+/// reads (the same pool on PostgreSQL). Inside the body the type alias `Db` names the backend's
+/// `sqlx::Database` and `$pg` says whether it is PostgreSQL. The body is compiled once per
+/// backend, so the same SQL text is type-checked against both drivers.
+macro_rules! with_pools {
+    ($store:expr, |$w:ident, $r:ident, $pg:ident| $body:expr) => {
+        match &$store.backend {
+            $crate::store::Backend::Sqlite { writer, reader } => {
+                #[allow(dead_code)]
+                type Db = sqlx::Sqlite;
+                #[allow(unused_variables)]
+                let ($w, $r, $pg) = (writer, reader, false);
+                $body
+            }
+            $crate::store::Backend::Postgres(pool) => {
+                #[allow(dead_code)]
+                type Db = sqlx::Postgres;
+                #[allow(unused_variables)]
+                let ($w, $r, $pg) = (pool, pool, true);
+                $body
+            }
+        }
+    };
+}
+
+/// Runs `$body` inside one write transaction and commits it if the body finishes; evaluates to
+/// `Ok(value of body)`. A `?` or `return` inside the body leaves without committing, which rolls
+/// the transaction back (used on purpose for all-or-nothing outcomes). SQLite transactions start
+/// with `BEGIN IMMEDIATE` so they take the write lock up front instead of failing on upgrade.
+macro_rules! with_tx {
+    ($store:expr, |$tx:ident, $pg:ident| $body:expr) => {
+        match &$store.backend {
+            $crate::store::Backend::Sqlite { writer, .. } => {
+                #[allow(dead_code)]
+                type Db = sqlx::Sqlite;
+                #[allow(unused_variables)]
+                let $pg = false;
+                #[allow(unused_mut)]
+                let mut $tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+                let out = $body;
+                $tx.commit().await?;
+                Ok(out)
+            }
+            $crate::store::Backend::Postgres(pool) => {
+                #[allow(dead_code)]
+                type Db = sqlx::Postgres;
+                #[allow(unused_variables)]
+                let $pg = true;
+                #[allow(unused_mut)]
+                let mut $tx = pool.begin().await?;
+                let out = $body;
+                $tx.commit().await?;
+                Ok(out)
+            }
+        }
+    };
+}
+
+/// Appends a device-list change for `$user` inside transaction `$tx`; the position comes from a
+/// counter row updated in the same transaction, so positions become visible in order.
+macro_rules! record_device_list_change {
+    ($tx:ident, $user:expr, $now:expr) => {{
+        let pos: i64 = sqlx::query_scalar(
+            "UPDATE stream_counters SET value = value + 1 WHERE name = 'device_list' RETURNING value",
+        )
+        .fetch_one(&mut *$tx)
+        .await?;
+        sqlx::query("INSERT INTO device_list_stream (pos, user_id, ts) VALUES ($1, $2, $3)")
+            .bind(pos)
+            .bind($user)
+            .bind($now)
+            .execute(&mut *$tx)
+            .await?;
+    }};
+}
+
+/// Deletes one device with everything that hangs off it inside transaction `$tx`; evaluates to
+/// `true` if the device existed.
+macro_rules! purge_device {
+    ($tx:ident, $user:expr, $device:expr) => {{
+        for sql in [
+            "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2",
+            "DELETE FROM one_time_keys WHERE user_id = $1 AND device_id = $2",
+            "DELETE FROM claimed_one_time_keys WHERE user_id = $1 AND device_id = $2",
+            "DELETE FROM fallback_keys WHERE user_id = $1 AND device_id = $2",
+            "DELETE FROM to_device_inbox WHERE user_id = $1 AND device_id = $2",
+            "DELETE FROM txn_ids WHERE user_id = $1 AND device_id = $2",
+        ] {
+            sqlx::query(sql)
+                .bind($user)
+                .bind($device)
+                .execute(&mut *$tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
+            .bind($user)
+            .bind($device)
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected()
+            > 0
+    }};
+}
+
+use {purge_device, record_device_list_change, with_pools, with_tx};
+
+impl Store {
     /// `true` for PostgreSQL, `false` for SQLite.
     pub fn is_postgres(&self) -> bool {
-        todo!()
+        matches!(self.backend, Backend::Postgres(_))
     }
 
-    // ---- accounts -------------------------------------------------------------------------
-    /// Creates an account; `Conflict` if the user ID is taken. With `token`, atomically
-    /// checks and consumes one use of that registration token (`NotFound` if the token is
-    /// unknown, expired or used up).
-    pub async fn create_user(
-        &self,
-        _user_id: &str,
-        _password_hash: Option<&str>,
-        _token: Option<&str>,
-        _now: Millis,
-    ) -> StoreResult<()> {
-        todo!()
+    /// Closes every pooled connection (waits for in-flight queries). Used at shutdown and by
+    /// tests before dropping their database.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sqlite { writer, reader } => {
+                reader.close().await;
+                writer.close().await;
+            }
+            Backend::Postgres(pool) => pool.close().await,
+        }
     }
-    /// Looks up an account.
-    pub async fn get_user(&self, _user_id: &str) -> StoreResult<Option<UserRow>> {
-        todo!()
-    }
-    /// Marks an account deactivated and deletes all its devices, tokens, keys and mailboxes.
-    pub async fn deactivate_user(&self, _user_id: &str, _now: Millis) -> StoreResult<()> {
-        todo!()
-    }
-    /// Replaces the password hash.
-    pub async fn set_password_hash(&self, _user_id: &str, _hash: &str) -> StoreResult<()> {
-        todo!()
-    }
+}
 
-    // ---- registration tokens ----------------------------------------------------------------
-    /// Creates a registration token; `Conflict` if it exists.
-    pub async fn create_registration_token(
-        &self,
-        _row: &RegistrationTokenRow,
-        _now: Millis,
-    ) -> StoreResult<()> {
-        todo!()
-    }
-    /// Lists every token.
-    pub async fn list_registration_tokens(&self) -> StoreResult<Vec<RegistrationTokenRow>> {
-        todo!()
-    }
-    /// Deletes a token; `NotFound` if unknown.
-    pub async fn revoke_registration_token(&self, _token: &str) -> StoreResult<()> {
-        todo!()
-    }
-    /// Whether a token is currently usable (exists, not expired, uses left).
-    pub async fn registration_token_valid(&self, _token: &str, _now: Millis) -> StoreResult<bool> {
-        todo!()
-    }
-
-    // ---- user-interactive auth sessions ---------------------------------------------------------
-    /// Creates a UIA session bound to a request kind (`register`, `delete_devices:<user>`...).
-    pub async fn create_uia_session(
-        &self,
-        _session_id: &str,
-        _kind: &str,
-        _now: Millis,
-    ) -> StoreResult<()> {
-        todo!()
-    }
-    /// Returns `(kind, completed stages, stored params JSON)`; `None` if unknown or expired.
-    pub async fn get_uia_session(
-        &self,
-        _session_id: &str,
-    ) -> StoreResult<Option<(String, Vec<String>, String)>> {
-        todo!()
-    }
-    /// Records a completed stage and an optional value (e.g. the validated registration token).
-    pub async fn complete_uia_stage(
-        &self,
-        _session_id: &str,
-        _stage: &str,
-        _params_json: &str,
-    ) -> StoreResult<()> {
-        todo!()
-    }
-    /// Deletes a UIA session.
-    pub async fn delete_uia_session(&self, _session_id: &str) -> StoreResult<()> {
-        todo!()
-    }
-
-    // ---- devices and access tokens ---------------------------------------------------------------
-    /// Creates the device if missing (keeping keys and inbox if it exists), stores the SHA-256 hash
-    /// of a new access token for it, and invalidates that device's earlier tokens. Records a
-    /// device-list change when the device is new.
-    pub async fn login_device(
-        &self,
-        _user_id: &str,
-        _device_id: &str,
-        _display_name: Option<&str>,
-        _token_hash: &[u8],
-        _now: Millis,
-    ) -> StoreResult<()> {
-        todo!()
-    }
-    /// Resolves a token hash; also records `last_seen_*` at most once a minute.
-    pub async fn token_owner(&self, _token_hash: &[u8]) -> StoreResult<Option<TokenOwner>> {
-        todo!()
-    }
-    /// Lists a user's devices.
-    pub async fn list_devices(&self, _user_id: &str) -> StoreResult<Vec<DeviceRow>> {
-        todo!()
-    }
-    /// One device of a user.
-    pub async fn get_device(
-        &self,
-        _user_id: &str,
-        _device_id: &str,
-    ) -> StoreResult<Option<DeviceRow>> {
-        todo!()
-    }
-    /// Sets a display name; `NotFound` for an unknown device.
-    pub async fn set_device_display_name(
-        &self,
-        _user_id: &str,
-        _device_id: &str,
-        _name: Option<&str>,
-    ) -> StoreResult<()> {
-        todo!()
-    }
-    /// Deletes devices with their tokens, keys and mailbox in one transaction, and records a
-    /// device-list change. Unknown device IDs are ignored.
-    pub async fn delete_devices(
-        &self,
-        _user_id: &str,
-        _device_ids: &[String],
-        _now: Millis,
-    ) -> StoreResult<()> {
-        todo!()
-    }
-    /// Device IDs of a local user (for `*` expansion and key queries).
-    pub async fn device_ids(&self, _user_id: &str) -> StoreResult<Vec<String>> {
-        todo!()
-    }
-
-    // ---- end-to-end keys --------------------------------------------------------------------------
-    /// Stores device keys. Returns `true` if they changed (a device-list change is recorded).
-    pub async fn set_device_keys(
-        &self,
-        _user_id: &str,
-        _device_id: &str,
-        _json: &str,
-        _now: Millis,
-    ) -> StoreResult<bool> {
-        todo!()
-    }
-    /// Device keys of the given devices (all when `device_ids` is empty), with display names:
-    /// `device_id -> (json, display_name)`.
-    pub async fn get_device_keys(
-        &self,
-        _user_id: &str,
-        _device_ids: &[String],
-    ) -> StoreResult<BTreeMap<String, (String, Option<String>)>> {
-        todo!()
-    }
-    /// Adds one-time keys in upload order; identical re-uploads are ignored.
-    pub async fn add_one_time_keys(
-        &self,
-        _user_id: &str,
-        _device_id: &str,
-        _keys: &[KeyUpload],
-        _now: Millis,
-    ) -> StoreResult<OtkUploadOutcome> {
-        todo!()
-    }
-    /// Replaces the fallback key for each algorithm given (new key is unused).
-    pub async fn set_fallback_keys(
-        &self,
-        _user_id: &str,
-        _device_id: &str,
-        _keys: &[KeyUpload],
-    ) -> StoreResult<()> {
-        todo!()
-    }
-    /// Unclaimed one-time keys per algorithm.
-    pub async fn one_time_key_counts(
-        &self,
-        _user_id: &str,
-        _device_id: &str,
-    ) -> StoreResult<BTreeMap<String, i64>> {
-        todo!()
-    }
-    /// Algorithms whose fallback key has not been used.
-    pub async fn unused_fallback_key_types(
-        &self,
-        _user_id: &str,
-        _device_id: &str,
-    ) -> StoreResult<Vec<String>> {
-        todo!()
-    }
-    /// Atomically claims the oldest-uploaded one-time key of `algorithm`, or else returns the
-    /// fallback key and marks it used (`mark_fallback_used = false` for the Hush bundle claim,
-    /// which reads the fallback/signed prekey without marking it). `None` if nothing is left.
-    pub async fn claim_key(
-        &self,
-        _user_id: &str,
-        _device_id: &str,
-        _algorithm: &str,
-        _mark_fallback_used: bool,
-    ) -> StoreResult<Option<ClaimedKey>> {
-        todo!()
-    }
-    /// Atomically claims one one-time key (no fallback).
-    pub async fn claim_one_time_key(
-        &self,
-        _user_id: &str,
-        _device_id: &str,
-        _algorithm: &str,
-    ) -> StoreResult<Option<ClaimedKey>> {
-        todo!()
-    }
-    /// The current fallback key of `algorithm` without marking it used.
-    pub async fn get_fallback_key(
-        &self,
-        _user_id: &str,
-        _device_id: &str,
-        _algorithm: &str,
-    ) -> StoreResult<Option<ClaimedKey>> {
-        todo!()
-    }
-
-    // ---- device-list changes -----------------------------------------------------------------------
-    /// The current device-list stream position.
-    pub async fn device_list_position(&self) -> StoreResult<i64> {
-        todo!()
-    }
-    /// Users (local) whose device lists changed after `since` and that `observer` cares about
-    /// (the observer itself and users it has queried keys for or exchanged messages with).
-    pub async fn device_list_changes(
-        &self,
-        _observer: &str,
-        _since: i64,
-    ) -> StoreResult<Vec<String>> {
-        todo!()
-    }
-    /// Records that `observer` is interested in `target`'s device list.
-    pub async fn add_device_list_interest(
-        &self,
-        _observer: &str,
-        _targets: &[String],
-    ) -> StoreResult<()> {
-        todo!()
-    }
-
-    // ---- to-device mailboxes ---------------------------------------------------------------------------
-    /// Commits a batch of sendToDevice requests in ONE transaction (group commit: the mailbox
-    /// service collects concurrent requests and calls this once). For each request, in order:
-    /// if its transaction key was already used the outcome is `Duplicate` and nothing is
-    /// written; if a recipient mailbox would exceed `mailbox_cap` the outcome is `MailboxFull`
-    /// and nothing of that request is written; otherwise its local messages get per-device
-    /// positions (messages to unknown devices are dropped), its remote EDUs go to the outbound
-    /// queue, and its transaction key is recorded. Returns one outcome per request.
-    pub async fn commit_sends(
-        &self,
-        _requests: &[SendRequest],
-        _mailbox_cap: i64,
-        _now: Millis,
-    ) -> StoreResult<Vec<SendOutcome>> {
-        todo!()
-    }
-    /// Deletes the device's messages at or before `pos` (the acknowledgement) and returns up to
-    /// `limit` messages after `pos`, in order.
-    pub async fn ack_and_fetch_inbox(
-        &self,
-        _user_id: &str,
-        _device_id: &str,
-        _pos: i64,
-        _limit: i64,
-    ) -> StoreResult<Vec<InboxEvent>> {
-        todo!()
-    }
-    /// Number of queued messages for every device (for metrics).
-    pub async fn inbox_total(&self) -> StoreResult<i64> {
-        todo!()
-    }
-
-    // ---- idempotency --------------------------------------------------------------------------------
-    /// Whether `(user, device, endpoint, txn_id)` was already committed.
-    pub async fn txn_seen(&self, _txn: &TxnKey) -> StoreResult<bool> {
-        todo!()
-    }
-
-    // ---- federation outbound queue -------------------------------------------------------------------
-    /// Appends EDUs for remote servers.
-    pub async fn enqueue_outbound(&self, _edus: &[OutboundEdu], _now: Millis) -> StoreResult<()> {
-        todo!()
-    }
-
-    // ---- retention ----------------------------------------------------------------------------------
-    /// Deletes undelivered messages older than `mailbox_before`, idempotency records older than
-    /// `txn_before`, and expired UIA sessions. Returns the number of rows deleted.
-    pub async fn prune(
-        &self,
-        _mailbox_before: Millis,
-        _txn_before: Millis,
-        _uia_before: Millis,
-    ) -> StoreResult<u64> {
-        todo!()
-    }
+/// Milliseconds since the Unix epoch from the system clock (for the few methods whose contract
+/// has no `now` parameter).
+fn system_now() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }

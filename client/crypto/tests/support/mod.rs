@@ -58,7 +58,7 @@ pub fn incoming(m: &OutgoingMessage) -> IncomingMessage {
 
 pub fn prekey(m: &OutgoingMessage) -> hush_crypto::message::PreKeyMessage {
     match incoming(m) {
-        IncomingMessage::PreKey(p) => p,
+        IncomingMessage::PreKey(p) => *p,
         IncomingMessage::Normal(_) => panic!("expected a prekey message"),
     }
 }
@@ -71,7 +71,9 @@ pub fn establish(
     bob: &mut Account,
     with_otk: bool,
 ) -> (SessionRecord, SessionRecord) {
-    let session = alice.initiate_outbound(rng, &bundle(bob, with_otk)).unwrap();
+    let session = alice
+        .initiate_outbound(rng, &bundle(bob, with_otk))
+        .unwrap();
     let mut a_rec = SessionRecord::new(bob.user_id(), bob.device_id());
     a_rec.promote(session);
     let first = a_rec.encrypt(b"hello bob").unwrap();

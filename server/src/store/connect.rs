@@ -1,0 +1,152 @@
+//! Opening the database: URL parsing, SQLite pragmas, pools and migrations.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use super::{Backend, Store, StoreError, StoreResult};
+
+/// Connections in the PostgreSQL pool of one process.
+const PG_MAX_CONNECTIONS: u32 = 16;
+/// Reader connections for SQLite (WAL readers run alongside the single writer).
+const SQLITE_READERS: u32 = 4;
+/// How long SQLite waits for a lock held by another connection or process before failing.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// SQLite durability level, chosen with `?synchronous=normal|full` on the `sqlite://` URL.
+///
+/// The default is [`SqliteSync::Normal`]: in WAL mode every commit is written to the WAL file
+/// (handed to the operating system) before `commit` returns, so a committed transaction survives
+/// a crash or `kill -9` of the server process; only an operating-system crash or power loss can
+/// lose the last transactions before the next checkpoint. `Full` also fsyncs the WAL on every
+/// commit, which survives power loss at the cost of one fsync per (group) commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqliteSync {
+    /// `PRAGMA synchronous = NORMAL` (default): durable against process crashes.
+    Normal,
+    /// `PRAGMA synchronous = FULL`: durable against power loss.
+    Full,
+}
+
+/// A parsed `sqlite://PATH[?synchronous=...]` URL.
+struct SqliteUrl {
+    path: PathBuf,
+    sync: SqliteSync,
+}
+
+fn config_error(message: String) -> StoreError {
+    StoreError::Database(sqlx::Error::Configuration(message.into()))
+}
+
+fn parse_sqlite_url(url: &str) -> StoreResult<SqliteUrl> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| {
+            config_error("database_url must start with sqlite:// or postgres://".into())
+        })?;
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (rest, None),
+    };
+    if path.is_empty() {
+        return Err(config_error("sqlite:// URL has no file path".into()));
+    }
+    let mut sync = SqliteSync::Normal;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("synchronous", v)) if v.eq_ignore_ascii_case("normal") => {
+                sync = SqliteSync::Normal
+            }
+            Some(("synchronous", v)) if v.eq_ignore_ascii_case("full") => sync = SqliteSync::Full,
+            _ => {
+                return Err(config_error(format!(
+                    "unsupported sqlite URL parameter `{pair}` (only synchronous=normal|full)"
+                )))
+            }
+        }
+    }
+    Ok(SqliteUrl {
+        path: PathBuf::from(path),
+        sync,
+    })
+}
+
+impl Store {
+    /// Connects to `sqlite://PATH` (created if missing, WAL) or `postgres://...`, and runs the
+    /// migrations for that backend.
+    ///
+    /// SQLite: the file and its parent directory are created if missing; WAL journal, foreign
+    /// keys on, a busy timeout, and `synchronous = NORMAL` unless the URL says
+    /// `?synchronous=full` (see [`SqliteSync`]). PostgreSQL: migrations take an advisory lock,
+    /// so several processes may start at once.
+    pub async fn connect(database_url: &str) -> StoreResult<Store> {
+        if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(PG_MAX_CONNECTIONS)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(database_url)
+                .await?;
+            sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+            return Ok(Store {
+                backend: Backend::Postgres(pool),
+            });
+        }
+        let url = parse_sqlite_url(database_url)?;
+        if let Some(parent) = url.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(&url.path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match url.sync {
+                SqliteSync::Normal => SqliteSynchronous::Normal,
+                SqliteSync::Full => SqliteSynchronous::Full,
+            })
+            .foreign_keys(true)
+            .busy_timeout(SQLITE_BUSY_TIMEOUT);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("../migrations/sqlite").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(SQLITE_READERS)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await?;
+        Ok(Store {
+            backend: Backend::Sqlite { writer, reader },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls() {
+        let u = parse_sqlite_url("sqlite://data/hushd.db").ok();
+        assert_eq!(
+            u.as_ref().map(|u| u.path.clone()),
+            Some(PathBuf::from("data/hushd.db"))
+        );
+        let u = parse_sqlite_url("sqlite:///tmp/x/h.db?synchronous=FULL").ok();
+        assert_eq!(
+            u.as_ref().map(|u| (u.path.clone(), u.sync)),
+            Some((PathBuf::from("/tmp/x/h.db"), SqliteSync::Full))
+        );
+        assert!(parse_sqlite_url("sqlite://a.db?mode=memory").is_err());
+        assert!(parse_sqlite_url("sqlite://").is_err());
+        assert!(parse_sqlite_url("mysql://x").is_err());
+    }
+}

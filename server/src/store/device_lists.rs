@@ -1,0 +1,100 @@
+//! Device-list change stream and who follows whom.
+
+use super::{
+    record_device_list_change, system_now, with_pools, with_tx, Millis, Store, StoreResult,
+};
+
+impl Store {
+    // ---- device-list changes -----------------------------------------------------------------------
+    /// The current device-list stream position.
+    pub async fn device_list_position(&self) -> StoreResult<i64> {
+        with_pools!(self, |w, r, pg| {
+            Ok(
+                sqlx::query_scalar("SELECT value FROM stream_counters WHERE name = 'device_list'")
+                    .fetch_one(r)
+                    .await?,
+            )
+        })
+    }
+
+    /// Users (local) whose device lists changed after `since` and that `observer` cares about
+    /// (the observer itself and users it has queried keys for or exchanged messages with).
+    ///
+    /// Sorted and without duplicates. If `since` is older than the pruned part of the stream,
+    /// every user the observer follows (and the observer) is reported as changed.
+    pub async fn device_list_changes(
+        &self,
+        observer: &str,
+        since: i64,
+    ) -> StoreResult<Vec<String>> {
+        with_pools!(self, |w, r, pg| {
+            let pruned: i64 = sqlx::query_scalar(
+                "SELECT value FROM stream_counters WHERE name = 'device_list_pruned'",
+            )
+            .fetch_one(r)
+            .await?;
+            let users: Vec<String> = if since < pruned {
+                sqlx::query_scalar(
+                    "SELECT $1 UNION SELECT target FROM device_list_interest WHERE observer = $1 \
+                     ORDER BY 1",
+                )
+                .bind(observer)
+                .fetch_all(r)
+                .await?
+            } else {
+                sqlx::query_scalar(
+                    "SELECT DISTINCT user_id FROM device_list_stream WHERE pos > $2 AND (user_id = $1 \
+                     OR user_id IN (SELECT target FROM device_list_interest WHERE observer = $1)) \
+                     ORDER BY user_id",
+                )
+                .bind(observer)
+                .bind(since)
+                .fetch_all(r)
+                .await?
+            };
+            Ok(users)
+        })
+    }
+
+    /// Records that `observer` is interested in `target`'s device list (refreshing the time of
+    /// interest; interests unused for the mailbox TTL are pruned).
+    pub async fn add_device_list_interest(
+        &self,
+        observer: &str,
+        targets: &[String],
+    ) -> StoreResult<()> {
+        let now = system_now();
+        with_tx!(self, |tx, pg| {
+            for target in targets.iter().filter(|t| t.as_str() != observer) {
+                sqlx::query(
+                    "INSERT INTO device_list_interest (observer, target, updated_ts) VALUES ($1, $2, $3) \
+                     ON CONFLICT (observer, target) DO UPDATE SET updated_ts = excluded.updated_ts",
+                )
+                .bind(observer)
+                .bind(target)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        })
+    }
+
+    /// Records device-list changes for users whose devices changed elsewhere (for example a
+    /// remote user announced by an `m.device_list_update` EDU). Returns the new position.
+    pub async fn record_device_list_changes(
+        &self,
+        user_ids: &[String],
+        now: Millis,
+    ) -> StoreResult<i64> {
+        with_tx!(self, |tx, pg| {
+            for user_id in user_ids {
+                record_device_list_change!(tx, user_id, now);
+            }
+            let pos: i64 =
+                sqlx::query_scalar("SELECT value FROM stream_counters WHERE name = 'device_list'")
+                    .fetch_one(&mut *tx)
+                    .await?;
+            pos
+        })
+    }
+}

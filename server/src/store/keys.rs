@@ -1,0 +1,405 @@
+//! End-to-end key material: device keys, one-time keys (claimed in upload order) and fallback keys.
+
+use std::collections::BTreeMap;
+
+use sqlx::Row;
+
+use super::{
+    record_device_list_change, with_pools, with_tx, ClaimedKey, KeyUpload, Millis,
+    OtkUploadOutcome, Store, StoreError, StoreResult,
+};
+
+/// Most unclaimed one-time keys kept for one device; an upload beyond it fails with
+/// `StoreError::Limit` and stores nothing.
+pub const MAX_ONE_TIME_KEYS_PER_DEVICE: i64 = 10_000;
+
+/// Claims the oldest-uploaded one-time key. On PostgreSQL `SKIP LOCKED` lets concurrent claimers
+/// each take a different row without waiting; on SQLite the single writer serialises claims.
+const CLAIM_OTK_SQLITE: &str = "DELETE FROM one_time_keys WHERE seq = (\
+     SELECT seq FROM one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
+     ORDER BY seq LIMIT 1) RETURNING key_id, key_json";
+const CLAIM_OTK_PG: &str = "DELETE FROM one_time_keys WHERE seq = (\
+     SELECT seq FROM one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
+     ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING key_id, key_json";
+
+/// Remembers a claimed key (inside the claiming transaction) so that a retried upload of the
+/// same key is not stored again.
+const REMEMBER_CLAIM: &str = "INSERT INTO claimed_one_time_keys \
+     (user_id, device_id, algorithm, key_id, key_json, claimed_ts) VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (user_id, device_id, algorithm, key_id) \
+     DO UPDATE SET key_json = excluded.key_json, claimed_ts = excluded.claimed_ts";
+
+/// Claims one one-time key inside transaction `$tx`; evaluates to `Option<ClaimedKey>`.
+macro_rules! claim_otk {
+    ($tx:ident, $pg:ident, $user:expr, $device:expr, $algorithm:expr, $now:expr) => {{
+        let row = sqlx::query(if $pg { CLAIM_OTK_PG } else { CLAIM_OTK_SQLITE })
+            .bind($user)
+            .bind($device)
+            .bind($algorithm)
+            .fetch_optional(&mut *$tx)
+            .await?;
+        match row {
+            None => None,
+            Some(row) => {
+                let key_id: String = row.try_get("key_id")?;
+                let key_json: String = row.try_get("key_json")?;
+                sqlx::query(REMEMBER_CLAIM)
+                    .bind($user)
+                    .bind($device)
+                    .bind($algorithm)
+                    .bind(&key_id)
+                    .bind(&key_json)
+                    .bind($now)
+                    .execute(&mut *$tx)
+                    .await?;
+                Some(ClaimedKey {
+                    full_id: format!("{}:{}", $algorithm, key_id),
+                    json: key_json,
+                })
+            }
+        }
+    }};
+}
+
+impl Store {
+    // ---- end-to-end keys --------------------------------------------------------------------------
+    /// Stores device keys. Returns `true` if they changed (a device-list change is recorded).
+    /// `NotFound` for an unknown device.
+    pub async fn set_device_keys(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        json: &str,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        with_tx!(self, |tx, pg| {
+            let current: Option<Option<String>> = sqlx::query_scalar(
+                "SELECT device_keys FROM devices WHERE user_id = $1 AND device_id = $2",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match current {
+                None => return Err(StoreError::NotFound),
+                Some(Some(existing)) if existing == json => false,
+                Some(_) => {
+                    sqlx::query(
+                        "UPDATE devices SET device_keys = $3 WHERE user_id = $1 AND device_id = $2",
+                    )
+                    .bind(user_id)
+                    .bind(device_id)
+                    .bind(json)
+                    .execute(&mut *tx)
+                    .await?;
+                    record_device_list_change!(tx, user_id, now);
+                    true
+                }
+            }
+        })
+    }
+
+    /// Device keys of the given devices (all when `device_ids` is empty), with display names:
+    /// `device_id -> (json, display_name)`. Devices without uploaded keys are left out.
+    pub async fn get_device_keys(
+        &self,
+        user_id: &str,
+        device_ids: &[String],
+    ) -> StoreResult<BTreeMap<String, (String, Option<String>)>> {
+        with_pools!(self, |w, r, pg| {
+            let mut out = BTreeMap::new();
+            if device_ids.is_empty() {
+                let rows = sqlx::query(
+                    "SELECT device_id, device_keys, display_name FROM devices \
+                     WHERE user_id = $1 AND device_keys IS NOT NULL",
+                )
+                .bind(user_id)
+                .fetch_all(r)
+                .await?;
+                for row in &rows {
+                    out.insert(
+                        row.try_get("device_id")?,
+                        (row.try_get("device_keys")?, row.try_get("display_name")?),
+                    );
+                }
+            } else {
+                for chunk in device_ids.chunks(500) {
+                    let mut qb = sqlx::QueryBuilder::<Db>::new(
+                        "SELECT device_id, device_keys, display_name FROM devices WHERE user_id = ",
+                    );
+                    qb.push_bind(user_id);
+                    qb.push(" AND device_keys IS NOT NULL AND device_id IN (");
+                    let mut list = qb.separated(", ");
+                    for id in chunk {
+                        list.push_bind(id);
+                    }
+                    qb.push(")");
+                    let rows = qb.build().fetch_all(r).await?;
+                    for row in &rows {
+                        out.insert(
+                            row.try_get("device_id")?,
+                            (row.try_get("device_keys")?, row.try_get("display_name")?),
+                        );
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Adds one-time keys in upload order; identical re-uploads are ignored.
+    ///
+    /// A key whose ID is stored with different content gives `ConflictingKey` and nothing of the
+    /// upload is stored. A key identical to one claimed recently (see [`Store::prune`]) is
+    /// ignored, so a retried upload cannot hand it out twice; a different key reusing a claimed
+    /// ID is a new key and is stored. `NotFound` for an unknown device, `Limit` above
+    /// [`MAX_ONE_TIME_KEYS_PER_DEVICE`] unclaimed keys.
+    pub async fn add_one_time_keys(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        keys: &[KeyUpload],
+        now: Millis,
+    ) -> StoreResult<OtkUploadOutcome> {
+        with_tx!(self, |tx, pg| {
+            let exists: Option<i64> = sqlx::query_scalar(
+                "SELECT created_ts FROM devices WHERE user_id = $1 AND device_id = $2",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            for key in keys {
+                let claimed: Option<String> = sqlx::query_scalar(
+                    "SELECT key_json FROM claimed_one_time_keys \
+                     WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 AND key_id = $4",
+                )
+                .bind(user_id)
+                .bind(device_id)
+                .bind(&key.algorithm)
+                .bind(&key.key_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if claimed.as_deref() == Some(key.json.as_str()) {
+                    continue;
+                }
+                let inserted = sqlx::query(
+                    "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json, created_ts) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (user_id, device_id, algorithm, key_id) DO NOTHING",
+                )
+                .bind(user_id)
+                .bind(device_id)
+                .bind(&key.algorithm)
+                .bind(&key.key_id)
+                .bind(&key.json)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if inserted == 0 {
+                    let existing: String = sqlx::query_scalar(
+                        "SELECT key_json FROM one_time_keys \
+                         WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 AND key_id = $4",
+                    )
+                    .bind(user_id)
+                    .bind(device_id)
+                    .bind(&key.algorithm)
+                    .bind(&key.key_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if existing != key.json {
+                        // Leaving without commit rolls back the keys stored so far.
+                        return Ok(OtkUploadOutcome::ConflictingKey(
+                            format!("{}:{}", key.algorithm, key.key_id),
+                            existing,
+                            key.json.clone(),
+                        ));
+                    }
+                }
+            }
+            let count: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM one_time_keys WHERE user_id = $1 AND device_id = $2",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if count > MAX_ONE_TIME_KEYS_PER_DEVICE {
+                return Err(StoreError::Limit("one-time keys per device"));
+            }
+            OtkUploadOutcome::Stored
+        })
+    }
+
+    /// Replaces the fallback key for each algorithm given (new key is unused). Re-uploading the
+    /// identical key keeps its `used` flag. `NotFound` for an unknown device.
+    pub async fn set_fallback_keys(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        keys: &[KeyUpload],
+    ) -> StoreResult<()> {
+        with_tx!(self, |tx, pg| {
+            let exists: Option<i64> = sqlx::query_scalar(
+                "SELECT created_ts FROM devices WHERE user_id = $1 AND device_id = $2",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            for key in keys {
+                sqlx::query(
+                    "INSERT INTO fallback_keys (user_id, device_id, algorithm, key_id, key_json, used) \
+                     VALUES ($1, $2, $3, $4, $5, FALSE) \
+                     ON CONFLICT (user_id, device_id, algorithm) DO UPDATE \
+                     SET key_id = excluded.key_id, key_json = excluded.key_json, used = FALSE \
+                     WHERE fallback_keys.key_id <> excluded.key_id \
+                     OR fallback_keys.key_json <> excluded.key_json",
+                )
+                .bind(user_id)
+                .bind(device_id)
+                .bind(&key.algorithm)
+                .bind(&key.key_id)
+                .bind(&key.json)
+                .execute(&mut *tx)
+                .await?;
+            }
+        })
+    }
+
+    /// Unclaimed one-time keys per algorithm (algorithms with none are absent; the caller adds
+    /// explicit zeros).
+    pub async fn one_time_key_counts(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> StoreResult<BTreeMap<String, i64>> {
+        with_pools!(self, |w, r, pg| {
+            let rows = sqlx::query(
+                "SELECT algorithm, COUNT(*) AS n FROM one_time_keys \
+                 WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .fetch_all(r)
+            .await?;
+            let mut out = BTreeMap::new();
+            for row in &rows {
+                out.insert(row.try_get("algorithm")?, row.try_get("n")?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Algorithms whose fallback key has not been used, ordered.
+    pub async fn unused_fallback_key_types(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> StoreResult<Vec<String>> {
+        with_pools!(self, |w, r, pg| {
+            Ok(sqlx::query_scalar(
+                "SELECT algorithm FROM fallback_keys \
+                 WHERE user_id = $1 AND device_id = $2 AND used = FALSE ORDER BY algorithm",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .fetch_all(r)
+            .await?)
+        })
+    }
+
+    /// Atomically claims the oldest-uploaded one-time key of `algorithm`, or else returns the
+    /// fallback key and marks it used (`mark_fallback_used = false` for the Hush bundle claim,
+    /// which reads the fallback/signed prekey without marking it). `None` if nothing is left.
+    pub async fn claim_key(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        algorithm: &str,
+        mark_fallback_used: bool,
+    ) -> StoreResult<Option<ClaimedKey>> {
+        let now = super::system_now();
+        with_tx!(self, |tx, pg| {
+            match claim_otk!(tx, pg, user_id, device_id, algorithm, now) {
+                Some(key) => Some(key),
+                None => {
+                    let sql = if mark_fallback_used {
+                        "UPDATE fallback_keys SET used = TRUE \
+                         WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
+                         RETURNING key_id, key_json"
+                    } else {
+                        "SELECT key_id, key_json FROM fallback_keys \
+                         WHERE user_id = $1 AND device_id = $2 AND algorithm = $3"
+                    };
+                    let row = sqlx::query(sql)
+                        .bind(user_id)
+                        .bind(device_id)
+                        .bind(algorithm)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    match row {
+                        None => None,
+                        Some(row) => {
+                            let key_id: String = row.try_get("key_id")?;
+                            Some(ClaimedKey {
+                                full_id: format!("{algorithm}:{key_id}"),
+                                json: row.try_get("key_json")?,
+                            })
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// Atomically claims one one-time key (no fallback).
+    pub async fn claim_one_time_key(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        algorithm: &str,
+    ) -> StoreResult<Option<ClaimedKey>> {
+        let now = super::system_now();
+        with_tx!(self, |tx, pg| claim_otk!(
+            tx, pg, user_id, device_id, algorithm, now
+        ))
+    }
+
+    /// The current fallback key of `algorithm` without marking it used.
+    pub async fn get_fallback_key(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        algorithm: &str,
+    ) -> StoreResult<Option<ClaimedKey>> {
+        with_pools!(self, |w, r, pg| {
+            let row = sqlx::query(
+                "SELECT key_id, key_json FROM fallback_keys \
+                 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .bind(algorithm)
+            .fetch_optional(r)
+            .await?;
+            match row {
+                None => Ok(None),
+                Some(row) => {
+                    let key_id: String = row.try_get("key_id")?;
+                    Ok(Some(ClaimedKey {
+                        full_id: format!("{algorithm}:{key_id}"),
+                        json: row.try_get("key_json")?,
+                    }))
+                }
+            }
+        })
+    }
+}

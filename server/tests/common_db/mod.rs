@@ -1,0 +1,171 @@
+//! Fresh databases for integration tests, shared by every test binary of `hush-server`
+//! (`mod common_db;`).
+//!
+//! * [`PgTestDb::create`] makes a PostgreSQL database `hush_test_<random>` on the server named by
+//!   `HUSH_TEST_PG_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) and drops it
+//!   (terminating leftover connections) when the value is dropped, also when the test panics.
+//! * [`SqliteTestDb::create`] makes a temporary directory with a `sqlite://` URL in it.
+//! * [`run_store_test`] runs one async test body against a connected [`Store`] on a fresh
+//!   database of either backend.
+#![allow(dead_code)]
+
+use std::future::Future;
+
+use hush_server::store::Store;
+use sqlx::Connection;
+
+/// Maintenance database URL used to create and drop test databases.
+pub fn pg_admin_url() -> String {
+    std::env::var("HUSH_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A fresh PostgreSQL database, dropped on `Drop`.
+pub struct PgTestDb {
+    /// Connection URL of the new database.
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+impl PgTestDb {
+    /// Creates `hush_test_<random>`. Panics with a clear message when PostgreSQL is unreachable:
+    /// the suite requires it (`.ci/run` starts it).
+    pub async fn create() -> PgTestDb {
+        let admin_url = pg_admin_url();
+        let name = format!("hush_test_{:016x}", rand::random::<u64>());
+        let mut conn = match sqlx::PgConnection::connect(&admin_url).await {
+            Ok(conn) => conn,
+            Err(e) => panic!("PostgreSQL at {admin_url} is required for this test: {e}"),
+        };
+        if let Err(e) = sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+        {
+            panic!("cannot create test database {name}: {e}");
+        }
+        let _ = conn.close().await;
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(base, _)| base);
+        PgTestDb {
+            url: format!("{base}/{name}"),
+            name,
+            admin_url,
+        }
+    }
+}
+
+impl Drop for PgTestDb {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        // Drop may run inside a runtime (or while unwinding), so use a private one on a thread.
+        let handle = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(&sql).execute(&mut conn).await;
+                    let _ = conn.close().await;
+                }
+            });
+        });
+        let _ = handle.join();
+    }
+}
+
+/// A fresh SQLite database file in a temporary directory (removed on `Drop`).
+pub struct SqliteTestDb {
+    /// `sqlite://<tempdir>/hush.db`.
+    pub url: String,
+    /// Keeps the directory alive.
+    pub dir: tempfile::TempDir,
+}
+
+impl SqliteTestDb {
+    /// Creates the directory (the file is created by `Store::connect`).
+    pub fn create() -> SqliteTestDb {
+        let dir = match tempfile::tempdir() {
+            Ok(dir) => dir,
+            Err(e) => panic!("cannot create a temporary directory: {e}"),
+        };
+        let url = format!("sqlite://{}", dir.path().join("hush.db").display());
+        SqliteTestDb { url, dir }
+    }
+}
+
+/// A fresh database of either backend.
+pub enum TestDb {
+    /// SQLite file.
+    Sqlite(SqliteTestDb),
+    /// PostgreSQL database.
+    Postgres(PgTestDb),
+}
+
+impl TestDb {
+    /// Creates a fresh database: PostgreSQL when `postgres`, else SQLite.
+    pub async fn create(postgres: bool) -> TestDb {
+        if postgres {
+            TestDb::Postgres(PgTestDb::create().await)
+        } else {
+            TestDb::Sqlite(SqliteTestDb::create())
+        }
+    }
+
+    /// The `database_url` for `hushd` or `Store::connect`.
+    pub fn url(&self) -> &str {
+        match self {
+            TestDb::Sqlite(db) => &db.url,
+            TestDb::Postgres(db) => &db.url,
+        }
+    }
+}
+
+/// A fresh PostgreSQL database URL for tests that start `hushd` processes; keep the returned
+/// guard alive as long as the database is used (it drops the database).
+pub async fn fresh_postgres_url() -> (String, PgTestDb) {
+    let db = PgTestDb::create().await;
+    (db.url.clone(), db)
+}
+
+/// Runs `test` with a [`Store`] connected to a fresh database of the chosen backend, then closes
+/// the store and drops the database.
+pub async fn run_store_test<F, Fut>(postgres: bool, test: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let db = TestDb::create(postgres).await;
+    let store = match Store::connect(db.url()).await {
+        Ok(store) => store,
+        Err(e) => panic!("Store::connect({}) failed: {e}", db.url()),
+    };
+    assert_eq!(store.is_postgres(), postgres);
+    test(store.clone()).await;
+    store.close().await;
+    drop(db);
+}
+
+/// Declares, for each named `async fn name(store: Store)` of the test file, two tests
+/// `name::sqlite` and `name::postgres` that run it on a fresh database of each backend.
+macro_rules! store_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn sqlite() {
+                    crate::common_db::run_store_test(false, crate::$name).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn postgres() {
+                    crate::common_db::run_store_test(true, crate::$name).await;
+                }
+            }
+        )*
+    };
+}

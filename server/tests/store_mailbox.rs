@@ -1,0 +1,516 @@
+//! Store tests: to-device mailboxes (group commit, positions, acknowledgement, redelivery),
+//! the outbound federation queue and retention. Every test runs on SQLite and on PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[macro_use]
+mod common_db;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use hush_server::store::{
+    DestinationRow, OutboundEdu, SendOutcome, SendRequest, Store, ToDeviceMessage, TxnKey,
+};
+
+store_tests!(
+    positions_ack_fetch_and_redelivery,
+    group_commit_outcomes,
+    mailbox_full_request_writes_nothing,
+    concurrent_committers_exactly_once_in_order,
+    outbound_queue,
+    prune_enforces_ttls,
+);
+
+const ALICE: &str = "@alice:hs.test";
+const BOB: &str = "@bob:hs.test";
+
+async fn user_with_devices(store: &Store, user: &str, devices: &[&str], now: i64) {
+    store.create_user(user, None, None, now).await.unwrap();
+    for device in devices {
+        let token = format!("{user}/{device}");
+        store
+            .login_device(user, device, None, token.as_bytes(), now)
+            .await
+            .unwrap();
+    }
+}
+
+fn txn(sender: &str, id: &str) -> TxnKey {
+    TxnKey {
+        user_id: sender.into(),
+        device_id: "SENDER".into(),
+        endpoint: "sendToDevice/m.test".into(),
+        txn_id: id.into(),
+    }
+}
+
+fn msg(user: &str, device: &str, sender: &str, body: &str) -> ToDeviceMessage {
+    ToDeviceMessage {
+        user_id: user.into(),
+        device_id: device.into(),
+        sender: sender.into(),
+        event_type: "m.test".into(),
+        content: format!(r#"{{"body":"{body}"}}"#),
+    }
+}
+
+fn request(txn_id: &str, local: Vec<ToDeviceMessage>, remote: Vec<OutboundEdu>) -> SendRequest {
+    SendRequest {
+        txn: txn(BOB, txn_id),
+        local,
+        remote,
+    }
+}
+
+fn edu(destination: &str, n: i64) -> OutboundEdu {
+    OutboundEdu {
+        destination: destination.into(),
+        edu_type: "m.direct_to_device".into(),
+        content: format!(r#"{{"n":{n}}}"#),
+    }
+}
+
+fn body(content: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(content).unwrap();
+    v["body"].as_str().unwrap().to_owned()
+}
+
+async fn positions_ack_fetch_and_redelivery(store: Store) {
+    user_with_devices(&store, ALICE, &["D", "OTHER"], 1_000).await;
+    let start = store.inbox_last_pos(ALICE, "D").await.unwrap().unwrap();
+    assert_eq!(store.inbox_last_pos(ALICE, "NOPE").await.unwrap(), None);
+    for i in 0..5 {
+        let req = request(
+            &format!("t{i}"),
+            vec![
+                msg(ALICE, "D", BOB, &format!("m{i}")),
+                msg(ALICE, "OTHER", BOB, "x"),
+            ],
+            vec![],
+        );
+        let out = store.commit_sends(&[req], 100, 2_000).await.unwrap();
+        assert_eq!(
+            out,
+            vec![SendOutcome::Committed(vec![
+                (ALICE.into(), "D".into()),
+                (ALICE.into(), "OTHER".into())
+            ])]
+        );
+    }
+    assert_eq!(
+        store.inbox_last_pos(ALICE, "D").await.unwrap(),
+        Some(start + 5)
+    );
+    assert_eq!(store.inbox_total().await.unwrap(), 10);
+
+    let first = store
+        .ack_and_fetch_inbox(ALICE, "D", start, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.iter().map(|e| e.pos).collect::<Vec<_>>(),
+        vec![start + 1, start + 2]
+    );
+    assert_eq!(body(&first[0].content), "m0");
+    assert_eq!(first[0].sender, BOB);
+    assert_eq!(first[0].event_type, "m.test");
+    // The same `since` again redelivers the same batch.
+    assert_eq!(
+        store
+            .ack_and_fetch_inbox(ALICE, "D", start, 2)
+            .await
+            .unwrap(),
+        first
+    );
+    assert_eq!(store.inbox_total().await.unwrap(), 10);
+    // A later `since` acknowledges (deletes) up to it and returns the rest.
+    let rest = store
+        .ack_and_fetch_inbox(ALICE, "D", start + 2, 100)
+        .await
+        .unwrap();
+    let bodies: Vec<_> = rest.iter().map(|e| body(&e.content)).collect();
+    assert_eq!(bodies, vec!["m2", "m3", "m4"]);
+    assert_eq!(store.inbox_total().await.unwrap(), 8);
+    // An older `since` after the ack cannot bring deleted messages back.
+    let again = store
+        .ack_and_fetch_inbox(ALICE, "D", start, 100)
+        .await
+        .unwrap();
+    assert_eq!(again, rest);
+    let done = store
+        .ack_and_fetch_inbox(ALICE, "D", start + 5, 100)
+        .await
+        .unwrap();
+    assert!(done.is_empty());
+    // The other device's mailbox is untouched by D's acknowledgements.
+    assert_eq!(
+        store
+            .ack_and_fetch_inbox(ALICE, "OTHER", 0, 100)
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+    assert_eq!(store.inbox_total().await.unwrap(), 5);
+    // Limit 0 returns nothing but still acknowledges.
+    let other_last = store.inbox_last_pos(ALICE, "OTHER").await.unwrap().unwrap();
+    assert!(store
+        .ack_and_fetch_inbox(ALICE, "OTHER", other_last, 0)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.inbox_total().await.unwrap(), 0);
+}
+
+async fn group_commit_outcomes(store: Store) {
+    user_with_devices(&store, ALICE, &["D"], 0).await;
+    let d = || vec![(ALICE.to_owned(), "D".to_owned())];
+    let batch = vec![
+        request(
+            "t1",
+            vec![msg(ALICE, "D", BOB, "1a"), msg(ALICE, "D", BOB, "1b")],
+            vec![],
+        ),
+        request("t1", vec![msg(ALICE, "D", BOB, "dup")], vec![]),
+        request(
+            "t2",
+            vec![msg(ALICE, "D", BOB, "2a"), msg(ALICE, "D", BOB, "2b")],
+            vec![edu("lost.test", 2)],
+        ),
+        request(
+            "t3",
+            vec![
+                msg(ALICE, "D", BOB, "3"),
+                msg(ALICE, "UNKNOWN", BOB, "dropped"),
+                msg("@nobody:hs.test", "X", BOB, "dropped"),
+            ],
+            vec![edu("remote.test", 3)],
+        ),
+        request(
+            "t4",
+            vec![],
+            vec![edu("remote.test", 4), edu("other.test", 4)],
+        ),
+    ];
+    let out = store.commit_sends(&batch, 3, 0).await.unwrap();
+    assert_eq!(
+        out,
+        vec![
+            SendOutcome::Committed(d()),
+            SendOutcome::Duplicate,
+            SendOutcome::MailboxFull,
+            SendOutcome::Committed(d()),
+            SendOutcome::Committed(vec![]),
+        ]
+    );
+    for (id, seen) in [("t1", true), ("t2", false), ("t3", true), ("t4", true)] {
+        assert_eq!(store.txn_seen(&txn(BOB, id)).await.unwrap(), seen, "{id}");
+    }
+    let inbox = store.ack_and_fetch_inbox(ALICE, "D", 0, 100).await.unwrap();
+    let bodies: Vec<_> = inbox.iter().map(|e| body(&e.content)).collect();
+    assert_eq!(bodies, vec!["1a", "1b", "3"]);
+    assert!(inbox.windows(2).all(|w| w[1].pos == w[0].pos + 1));
+    // Only the committed requests' EDUs are queued.
+    assert_eq!(store.outbound_total().await.unwrap(), 3);
+    assert!(store
+        .outbound_peek("lost.test", 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // A replay in a later batch is a duplicate; the full request can be retried after an ack.
+    let retry = vec![batch[0].clone(), batch[2].clone()];
+    assert_eq!(
+        store.commit_sends(&retry, 3, 0).await.unwrap(),
+        vec![SendOutcome::Duplicate, SendOutcome::MailboxFull]
+    );
+    store
+        .ack_and_fetch_inbox(ALICE, "D", inbox[1].pos, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.commit_sends(&retry, 3, 0).await.unwrap(),
+        vec![SendOutcome::Duplicate, SendOutcome::Committed(d())]
+    );
+    let inbox = store
+        .ack_and_fetch_inbox(ALICE, "D", inbox[1].pos, 100)
+        .await
+        .unwrap();
+    let bodies: Vec<_> = inbox.iter().map(|e| body(&e.content)).collect();
+    assert_eq!(bodies, vec!["3", "2a", "2b"]);
+    assert_eq!(store.outbound_peek("lost.test", 10).await.unwrap().len(), 1);
+    assert!(store.commit_sends(&[], 3, 0).await.unwrap().is_empty());
+}
+
+async fn mailbox_full_request_writes_nothing(store: Store) {
+    user_with_devices(&store, ALICE, &["EMPTY", "FULL"], 0).await;
+    let fill: Vec<_> = (0..2)
+        .map(|i| msg(ALICE, "FULL", BOB, &format!("f{i}")))
+        .collect();
+    store
+        .commit_sends(&[request("fill", fill, vec![])], 2, 0)
+        .await
+        .unwrap();
+    let both = request(
+        "both",
+        vec![msg(ALICE, "EMPTY", BOB, "e"), msg(ALICE, "FULL", BOB, "f")],
+        vec![edu("remote.test", 1)],
+    );
+    assert_eq!(
+        store.commit_sends(&[both], 2, 0).await.unwrap(),
+        vec![SendOutcome::MailboxFull]
+    );
+    // Nothing of the request reached the device that had room, nor the outbound queue.
+    assert!(store
+        .ack_and_fetch_inbox(ALICE, "EMPTY", 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.outbound_total().await.unwrap(), 0);
+    assert!(!store.txn_seen(&txn(BOB, "both")).await.unwrap());
+    // Exactly at the cap is allowed.
+    let exact: Vec<_> = (0..2)
+        .map(|i| msg(ALICE, "EMPTY", BOB, &format!("e{i}")))
+        .collect();
+    assert!(matches!(
+        store
+            .commit_sends(&[request("exact", exact, vec![])], 2, 0)
+            .await
+            .unwrap()[0],
+        SendOutcome::Committed(_)
+    ));
+}
+
+async fn concurrent_committers_exactly_once_in_order(store: Store) {
+    const SENDERS: usize = 16;
+    const PER_SENDER: usize = 40;
+    const TOTAL: usize = SENDERS * PER_SENDER;
+    user_with_devices(&store, ALICE, &["R1", "R2"], 0).await;
+    let start = store.inbox_last_pos(ALICE, "R1").await.unwrap().unwrap();
+
+    // A reader that follows R1 the way /sync does, checking that positions never skip.
+    let reader = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut since = start;
+            let mut seen = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            while seen.len() < TOTAL {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "reader timed out at {}",
+                    seen.len()
+                );
+                let batch = store
+                    .ack_and_fetch_inbox(ALICE, "R1", since, 37)
+                    .await
+                    .unwrap();
+                for event in batch {
+                    assert_eq!(
+                        event.pos,
+                        since + 1,
+                        "a position became visible out of order"
+                    );
+                    since = event.pos;
+                    seen.push(body(&event.content));
+                }
+                tokio::task::yield_now().await;
+            }
+            seen
+        })
+    };
+
+    let mut senders = Vec::new();
+    for s in 0..SENDERS {
+        let store = store.clone();
+        senders.push(tokio::spawn(async move {
+            let sender = format!("@s{s}:hs.test");
+            let mut j = 0;
+            while j < PER_SENDER {
+                // Batches of 1 to 3 requests, like the group-commit service produces.
+                let n = ((s + j) % 3 + 1).min(PER_SENDER - j);
+                let batch: Vec<SendRequest> = (j..j + n)
+                    .map(|k| SendRequest {
+                        txn: TxnKey {
+                            user_id: sender.clone(),
+                            device_id: "S".into(),
+                            endpoint: "sendToDevice/m.test".into(),
+                            txn_id: format!("t{k}"),
+                        },
+                        local: vec![
+                            msg(ALICE, "R1", &sender, &format!("{s}/{k}")),
+                            msg(ALICE, "R2", &sender, &format!("{s}/{k}")),
+                        ],
+                        remote: vec![],
+                    })
+                    .collect();
+                let out = store.commit_sends(&batch, 1_000_000, 0).await.unwrap();
+                assert!(out
+                    .iter()
+                    .all(|o| matches!(o, SendOutcome::Committed(r) if r.len() == 2)));
+                j += n;
+            }
+            // A retry of an already committed request is a duplicate.
+            let replay = SendRequest {
+                txn: TxnKey {
+                    user_id: sender.clone(),
+                    device_id: "S".into(),
+                    endpoint: "sendToDevice/m.test".into(),
+                    txn_id: "t0".into(),
+                },
+                local: vec![msg(ALICE, "R1", &sender, "replayed")],
+                remote: vec![],
+            };
+            assert_eq!(
+                store.commit_sends(&[replay], 1_000_000, 0).await.unwrap(),
+                vec![SendOutcome::Duplicate]
+            );
+        }));
+    }
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let seen_r1 = reader.await.unwrap();
+
+    let expected: BTreeSet<String> = (0..SENDERS)
+        .flat_map(|s| (0..PER_SENDER).map(move |k| format!("{s}/{k}")))
+        .collect();
+    let unique: BTreeSet<String> = seen_r1.iter().cloned().collect();
+    assert_eq!(seen_r1.len(), TOTAL, "every message exactly once");
+    assert_eq!(unique, expected);
+    // Nothing more (no replayed message) is queued for R1.
+    let last = start + TOTAL as i64;
+    assert!(store
+        .ack_and_fetch_inbox(ALICE, "R1", last, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // Per sender, messages arrive in send order.
+    for s in 0..SENDERS {
+        let prefix = format!("{s}/");
+        let order: Vec<usize> = seen_r1
+            .iter()
+            .filter_map(|b| b.strip_prefix(&prefix))
+            .map(|k| k.parse().unwrap())
+            .collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "sender {s} out of order"
+        );
+    }
+    // R2 got the same set, with contiguous positions.
+    let r2_start = store.inbox_last_pos(ALICE, "R2").await.unwrap().unwrap() - TOTAL as i64;
+    let r2 = store
+        .ack_and_fetch_inbox(ALICE, "R2", r2_start, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(r2.len(), TOTAL);
+    assert!(r2
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.pos == r2_start + 1 + i as i64));
+    let r2_set: BTreeSet<String> = r2.iter().map(|e| body(&e.content)).collect();
+    assert_eq!(r2_set, expected);
+}
+
+async fn outbound_queue(store: Store) {
+    store
+        .enqueue_outbound(&[edu("a.test", 1), edu("b.test", 2), edu("a.test", 3)], 100)
+        .await
+        .unwrap();
+    assert_eq!(store.outbound_total().await.unwrap(), 3);
+    assert_eq!(
+        store.outbound_due_destinations(100, 10).await.unwrap(),
+        vec!["a.test".to_owned(), "b.test".to_owned()]
+    );
+    let a = store.outbound_peek("a.test", 10).await.unwrap();
+    assert_eq!(a.len(), 2);
+    assert_eq!(a[0].1.content, r#"{"n":1}"#);
+    assert!(a[0].0 < a[1].0);
+    let fresh = store.destination_state("a.test").await.unwrap().unwrap();
+    assert_eq!(
+        (fresh.retry_count, fresh.next_attempt_ts, fresh.last_txn_id),
+        (0, 0, None)
+    );
+
+    // A failed attempt backs the destination off.
+    let backoff = DestinationRow {
+        destination: "a.test".into(),
+        retry_count: 1,
+        next_attempt_ts: 5_000,
+        last_txn_id: Some("txn-1".into()),
+    };
+    store.set_destination_state(&backoff, 200).await.unwrap();
+    assert_eq!(
+        store.destination_state("a.test").await.unwrap(),
+        Some(backoff)
+    );
+    assert_eq!(
+        store.outbound_due_destinations(1_000, 10).await.unwrap(),
+        vec!["b.test".to_owned()]
+    );
+    assert_eq!(
+        store
+            .outbound_due_destinations(5_000, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
+    store.outbound_delete(&[a[0].0]).await.unwrap();
+    let a = store.outbound_peek("a.test", 10).await.unwrap();
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].1.content, r#"{"n":3}"#);
+    store.outbound_delete(&[a[0].0]).await.unwrap();
+    assert_eq!(
+        store.outbound_due_destinations(9_999, 10).await.unwrap(),
+        vec!["b.test".to_owned()]
+    );
+    assert_eq!(store.destination_state("nowhere.test").await.unwrap(), None);
+}
+
+async fn prune_enforces_ttls(store: Store) {
+    user_with_devices(&store, ALICE, &["D"], 0).await;
+    let old = request(
+        "old",
+        vec![msg(ALICE, "D", BOB, "old")],
+        vec![edu("r.test", 1)],
+    );
+    let new = request(
+        "new",
+        vec![msg(ALICE, "D", BOB, "new")],
+        vec![edu("r.test", 2)],
+    );
+    store.commit_sends(&[old], 100, 1_000).await.unwrap();
+    store.commit_sends(&[new], 100, 9_000).await.unwrap();
+    store
+        .create_uia_session("u-old", "register", 1_000)
+        .await
+        .unwrap();
+    store
+        .create_uia_session("u-new", "register", 9_000)
+        .await
+        .unwrap();
+
+    // Cut-offs between the two: one of each goes (message, EDU, txn id, UIA session).
+    let deleted = store.prune(5_000, 5_000, 5_000).await.unwrap();
+    assert!(deleted >= 4, "deleted {deleted}");
+    let inbox = store.ack_and_fetch_inbox(ALICE, "D", 0, 10).await.unwrap();
+    assert_eq!(
+        inbox.iter().map(|e| body(&e.content)).collect::<Vec<_>>(),
+        vec!["new"]
+    );
+    assert_eq!(store.outbound_total().await.unwrap(), 1);
+    assert!(!store.txn_seen(&txn(BOB, "old")).await.unwrap());
+    assert!(store.txn_seen(&txn(BOB, "new")).await.unwrap());
+    assert_eq!(store.get_uia_session("u-old").await.unwrap(), None);
+    assert!(store.get_uia_session("u-new").await.unwrap().is_some());
+    // Nothing left to prune at the same cut-offs.
+    assert_eq!(store.prune(5_000, 5_000, 5_000).await.unwrap(), 0);
+    // Everything expires eventually; the idle destination row goes with its queue.
+    store.prune(i64::MAX, i64::MAX, i64::MAX).await.unwrap();
+    assert_eq!(store.inbox_total().await.unwrap(), 0);
+    assert_eq!(store.outbound_total().await.unwrap(), 0);
+    assert_eq!(store.destination_state("r.test").await.unwrap(), None);
+}
