@@ -93,12 +93,22 @@ async fn run() {
     let elapsed = start.elapsed();
     #[allow(clippy::cast_precision_loss)]
     let rate = total as f64 / elapsed.as_secs_f64();
-    println!("all sends accepted by A after {:.2} s", sent_at.as_secs_f64());
-    println!("received {received}/{total} on B after {:.2} s: {rate:.0} messages/s end to end", elapsed.as_secs_f64());
+    println!(
+        "all sends accepted by A after {:.2} s",
+        sent_at.as_secs_f64()
+    );
+    println!(
+        "received {received}/{total} on B after {:.2} s: {rate:.0} messages/s end to end",
+        elapsed.as_secs_f64()
+    );
 
     a.stop();
     let log = a.log();
-    if let Some(line) = log.lines().rev().find(|l| l.contains("federation sender delivered")) {
+    if let Some(line) = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("federation sender delivered"))
+    {
         println!("A: {line}");
     }
 }
@@ -121,7 +131,10 @@ impl TestServerRef {
     async fn send(&self, user: &TestUser, txn: &str, messages: Value) {
         let resp = self
             .http
-            .put(format!("{}/_matrix/client/v3/sendToDevice/m.bench/{txn}", self.base))
+            .put(format!(
+                "{}/_matrix/client/v3/sendToDevice/m.bench/{txn}",
+                self.base
+            ))
             .bearer_auth(&user.token)
             .json(&json!({ "messages": messages }))
             .send()

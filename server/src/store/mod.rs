@@ -13,6 +13,7 @@ mod connect;
 mod device_lists;
 mod devices;
 mod federation;
+pub mod federation_txn;
 mod keys;
 mod mailbox;
 mod retention;
