@@ -60,10 +60,38 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// The server's federation signing key.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Replace the signing key with a new one; the old public key stays published under
+    /// old_verify_keys. Restart the server afterwards.
+    Rotate,
+}
+
+#[derive(Debug, Subcommand)]
+enum FederationCommand {
+    /// Destinations with their backlog, retry count and next attempt.
+    List,
+    /// End a destination's backoff so it is retried at once.
+    Reset {
+        /// The destination server name.
+        destination: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
+    /// The outbound federation queue.
+    Federation {
+        #[command(subcommand)]
+        command: FederationCommand,
+    },
     /// Accounts.
     User {
         #[command(subcommand)]
@@ -212,6 +240,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             init_logging(config.log_format, "warn");
             let store = connect(&config).await?;
             admin_command(&config, &store, command).await
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate,
+        } => {
+            let config = Config::load(config_path)?;
+            let (old, new) =
+                hush_server::service::federation_keys::rotate(&config.signing_key_path)
+                    .map_err(Failure::Runtime)?;
+            println!("rotated: {old} -> {new} (restart hushd to use it)");
+            Ok(())
         }
         Command::Config { command } => match command {
             ConfigCommand::Check => {
@@ -370,6 +408,13 @@ async fn serve_command(config: Config, dev: bool) -> Result<(), Failure> {
         )
     };
     let mut app = hush_server::api::router(state.clone());
+    let (federation, federation_task) =
+        hush_server::service::federation_hub::Federation::start(&state, &config)
+            .map_err(|e| Failure::Usage(format!("configuration error: federation: {e}")))?;
+    app = app.merge(hush_server::api::federation::router(
+        state.clone(),
+        federation.clone(),
+    ));
     let separate_metrics = !config.metrics.listen.is_empty();
     if config.metrics.enabled && !separate_metrics {
         app = metrics_router.clone().merge(app);
@@ -388,6 +433,7 @@ async fn serve_command(config: Config, dev: bool) -> Result<(), Failure> {
     }
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let served = serve::serve(sites, tls, grace, serve::shutdown_signal()).await;
+    federation.shutdown(federation_task).await;
     state.shutdown().await;
     for task in background {
         task.abort();
@@ -492,6 +538,24 @@ async fn admin_command(
 ) -> Result<(), Failure> {
     let runtime = |e: admin::AdminError| Failure::Runtime(e.to_string());
     match command {
+        AdminCommand::Federation { command } => match command {
+            FederationCommand::List => {
+                let text = hush_server::service::federation_admin::list(store)
+                    .await
+                    .map_err(|e| Failure::Runtime(e.to_string()))?;
+                print!("{text}");
+            }
+            FederationCommand::Reset { destination } => {
+                let now = i64::try_from(hush_federation::keys::unix_millis_now()).unwrap_or(0);
+                let known = hush_server::service::federation_admin::reset(store, &destination, now)
+                    .await
+                    .map_err(|e| Failure::Runtime(e.to_string()))?;
+                if !known {
+                    return Err(Failure::Usage(format!("unknown destination {destination}")));
+                }
+                println!("reset {destination}");
+            }
+        },
         AdminCommand::User { command } => match command {
             UserCommand::Create {
                 name,
