@@ -32,7 +32,13 @@ fn world(db: Db) -> World {
 
 impl World {
     fn device(&self, profile: &str, name: &str) -> Device {
-        Device::register(self._data.path(), profile, &self.server, Some(&self.ca), name)
+        Device::register(
+            self._data.path(),
+            profile,
+            &self.server,
+            Some(&self.ca),
+            name,
+        )
     }
 }
 
@@ -57,20 +63,33 @@ fn multi_device_both_ways(db: Db) {
     bob.send(&alice1, "hi both alices").ok();
     alice2.send(&bob, "and hello from alice2").ok();
     let a1 = alice1.receive();
-    assert_eq!(Device::bodies(&a1), vec!["hi both alices", "and hello from alice2"]);
+    assert_eq!(
+        Device::bodies(&a1),
+        vec!["hi both alices", "and hello from alice2"]
+    );
     let a2 = alice2.receive();
     assert_eq!(Device::bodies(&a2), vec!["hi both alices"]);
-    assert_eq!(Device::bodies(&bob.receive()), vec!["and hello from alice2"]);
+    assert_eq!(
+        Device::bodies(&bob.receive()),
+        vec!["and hello from alice2"]
+    );
 
     // Nothing is delivered twice.
     for d in [&alice1, &alice2, &bob] {
         assert!(Device::bodies(&d.receive()).is_empty());
     }
     // History holds the whole conversation, in arrival order, on Alice's first device.
-    let h = alice1.run(&["history", &bob.user_id, "--json"]).ok().json_lines();
+    let h = alice1
+        .run(&["history", &bob.user_id, "--json"])
+        .ok()
+        .json_lines();
     assert_eq!(
         Device::bodies(&h),
-        vec!["hello bob from alice1", "hi both alices", "and hello from alice2"]
+        vec![
+            "hello bob from alice1",
+            "hi both alices",
+            "and hello from alice2"
+        ]
     );
 }
 
@@ -117,7 +136,8 @@ fn new_device_of_a_contact_is_announced() {
         .map(|v| v["text"].as_str().unwrap().to_owned())
         .collect();
     assert!(
-        text.iter().any(|t| t.contains("new device") && t.contains(&bob.user_id)),
+        text.iter()
+            .any(|t| t.contains("new device") && t.contains(&bob.user_id)),
         "{notices:?}"
     );
     // And the next message reaches both of Bob's devices.
@@ -134,17 +154,31 @@ fn verified_contact_identity_change_blocks_until_trusted() {
     let bob = w.device("bob", "bob");
     alice.send(&bob, "before").ok();
     let v = alice.run(&["verify", &bob.user_id]).ok();
-    let number: String = v.stdout.chars().filter(char::is_ascii_digit).take(60).collect();
+    let number: String = v
+        .stdout
+        .chars()
+        .filter(char::is_ascii_digit)
+        .take(60)
+        .collect();
     assert_eq!(number.len(), 60, "{v:?}");
     // Bob sees the same safety number.
     let vb = bob.run(&["verify", &alice.user_id]).ok();
-    let number_b: String = vb.stdout.chars().filter(char::is_ascii_digit).take(60).collect();
+    let number_b: String = vb
+        .stdout
+        .chars()
+        .filter(char::is_ascii_digit)
+        .take(60)
+        .collect();
     assert_eq!(number, number_b);
     alice.run(&["verify", &bob.user_id, "--mark-verified"]).ok();
 
     // Bob reinstalls: his old device is gone and a new identity appears.
     bob.run(&["logout"]).ok();
-    let bob_new = Device { profile: "bob-new".into(), ..bob.clone() }.login_new_device("bob-new", &[]);
+    let bob_new = Device {
+        profile: "bob-new".into(),
+        ..bob.clone()
+    }
+    .login_new_device("bob-new", &[]);
 
     let blocked = alice.send(&bob, "must not be sent");
     assert_eq!(blocked.code, 6, "{blocked:?}");
@@ -152,7 +186,12 @@ fn verified_contact_identity_change_blocks_until_trusted() {
     assert!(Device::bodies(&bob_new.receive()).is_empty());
     // The safety number changed.
     let v2 = alice.run(&["verify", &bob.user_id]).ok();
-    let number2: String = v2.stdout.chars().filter(char::is_ascii_digit).take(60).collect();
+    let number2: String = v2
+        .stdout
+        .chars()
+        .filter(char::is_ascii_digit)
+        .take(60)
+        .collect();
     assert_ne!(number, number2);
 
     alice.run(&["trust", &bob.user_id]).ok();
@@ -183,14 +222,22 @@ fn killed_mid_send_neither_loses_nor_duplicates() {
             stdin.write_all(lines.join("\n").as_bytes()).unwrap();
         }
         std::thread::sleep(Duration::from_millis(600 + 250 * round));
-        assert!(child.try_wait().unwrap().is_none(), "send finished before the kill");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "send finished before the kill"
+        );
         child.kill().unwrap();
         child.wait().unwrap();
         expected_max += 1;
     }
     // Restarting flushes anything that was committed but not acknowledged.
     alice.send(&bob, "final").ok();
-    let history: Vec<String> = Device::bodies(&alice.run(&["history", &bob.user_id, "--json", "--limit", "100000"]).ok().json_lines());
+    let history: Vec<String> = Device::bodies(
+        &alice
+            .run(&["history", &bob.user_id, "--json", "--limit", "100000"])
+            .ok()
+            .json_lines(),
+    );
     let got = Device::bodies(&bob.receive());
     assert_eq!(got, history, "Bob got exactly what Alice stored, in order");
     let mut unique = got.clone();
@@ -204,7 +251,10 @@ fn killed_mid_send_neither_loses_nor_duplicates() {
             .iter()
             .filter_map(|b| b.strip_prefix(&prefix).map(|n| n.parse().unwrap()))
             .collect();
-        assert!(!nums.is_empty(), "round {round} sent nothing before the kill");
+        assert!(
+            !nums.is_empty(),
+            "round {round} sent nothing before the kill"
+        );
         assert_eq!(nums, (0..nums.len()).collect::<Vec<_>>());
     }
     assert_eq!(got.last().map(String::as_str), Some("final"));

@@ -13,7 +13,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
 use serde_json::Value;
 
 /// The `hushd` binary.
@@ -23,7 +26,10 @@ pub fn hushd_bin() -> PathBuf {
         if let Some(p) = std::env::var_os("HUSHD_BIN") {
             return PathBuf::from(p);
         }
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_owned();
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args(["build", "-p", "hush-server", "--bin", "hushd"])
             .current_dir(&workspace)
@@ -59,12 +65,19 @@ impl TestCa {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "Hush client test CA");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Hush client test CA");
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let cert = params.self_signed(&key).unwrap();
         let pem_path = dir.path().join("ca.pem");
         std::fs::write(&pem_path, cert.pem()).unwrap();
-        TestCa { _dir: dir, cert, key, pem_path }
+        TestCa {
+            _dir: dir,
+            cert,
+            key,
+            pem_path,
+        }
     }
 
     /// A certificate for `ip`, written into `out`.
@@ -83,7 +96,11 @@ impl TestCa {
 }
 
 fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Which database the server uses.
@@ -97,14 +114,24 @@ pub enum Db {
 
 /// Creates a uniquely named PostgreSQL database.
 pub fn fresh_postgres() -> String {
-    let name = format!("hush_client_{}_{}", std::process::id(), rand::random::<u32>());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let name = format!(
+        "hush_client_{}_{}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
             .await
             .expect("PostgreSQL on 127.0.0.1:5432");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
     });
     format!("postgres://postgres@127.0.0.1:5432/{name}")
 }
@@ -148,11 +175,19 @@ impl Server {
             .arg(dir.path())
             .output()
             .unwrap();
-        assert!(init.status.success(), "hushd init: {}", String::from_utf8_lossy(&init.stderr));
+        assert!(
+            init.status.success(),
+            "hushd init: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
         let tls = match opts.ca {
             Some(ca) => {
                 let (cert, key) = ca.issue(opts.ip, dir.path());
-                format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display())
+                format!(
+                    "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                    cert.display(),
+                    key.display()
+                )
             }
             None => String::new(),
         };
@@ -203,7 +238,11 @@ impl Server {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("hushd exited with {status}; log:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "hushd did not start:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "hushd did not start:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -225,7 +264,10 @@ impl Server {
     /// Stops the server with SIGTERM and waits.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while child.try_wait().unwrap().is_none() {
                 if Instant::now() > deadline {
@@ -332,7 +374,12 @@ impl Device {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
         Run::from(child.wait_with_output().unwrap())
     }
 
@@ -343,7 +390,12 @@ impl Device {
     }
 
     fn account_args(&self, verb: &str, name: &str) -> Vec<String> {
-        let mut args = vec![verb.to_owned(), name.to_owned(), "--server".into(), self.server.clone()];
+        let mut args = vec![
+            verb.to_owned(),
+            name.to_owned(),
+            "--server".into(),
+            self.server.clone(),
+        ];
         args.push("--password-file".into());
         args.push(self.password_file().display().to_string());
         if let Some(ca) = &self.ca {
@@ -354,7 +406,13 @@ impl Device {
     }
 
     /// Registers `name` on `server` as a new profile.
-    pub fn register(data_dir: &Path, profile: &str, server: &Server, ca: Option<&TestCa>, name: &str) -> Device {
+    pub fn register(
+        data_dir: &Path,
+        profile: &str,
+        server: &Server,
+        ca: Option<&TestCa>,
+        name: &str,
+    ) -> Device {
         let mut d = Device {
             data_dir: data_dir.to_owned(),
             profile: profile.to_owned(),
@@ -372,8 +430,17 @@ impl Device {
 
     /// Logs in as another device of the same user in a new profile.
     pub fn login_new_device(&self, profile: &str, extra: &[&str]) -> Device {
-        let d = Device { profile: profile.to_owned(), ..self.clone() };
-        let localpart = self.user_id.trim_start_matches('@').split(':').next().unwrap().to_owned();
+        let d = Device {
+            profile: profile.to_owned(),
+            ..self.clone()
+        };
+        let localpart = self
+            .user_id
+            .trim_start_matches('@')
+            .split(':')
+            .next()
+            .unwrap()
+            .to_owned();
         let mut args = d.account_args("login", &localpart);
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -435,7 +502,9 @@ impl Recorder {
         let thread = std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(client) = conn else { return };
-                let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
                 for (mut from, mut to) in [
                     (client.try_clone().unwrap(), server.try_clone().unwrap()),
                     (server, client),
@@ -462,7 +531,11 @@ impl Recorder {
                 }
             }
         });
-        Recorder { url, bytes, _thread: thread }
+        Recorder {
+            url,
+            bytes,
+            _thread: thread,
+        }
     }
 }
 
