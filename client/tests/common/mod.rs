@@ -543,3 +543,28 @@ impl Recorder {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+impl Device {
+    /// `hush listen --json --count N --timeout SECS`: waits for `n` messages (federation
+    /// delivers asynchronously), then checks that nothing more arrives.
+    pub fn receive_n(&self, n: usize, secs: u64) -> Vec<Value> {
+        let mut all = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Device::bodies(&all).len() < n && Instant::now() < deadline {
+            let out = self
+                .run(&["listen", "--json", "--count", &n.to_string(), "--timeout", "5"])
+                .ok();
+            all.extend(out.json_lines());
+        }
+        all.extend(self.receive());
+        all
+    }
+}
+
+/// The `[federation]` section for a test server trusting `ca`.
+pub fn federation_section(ca: &TestCa) -> String {
+    format!(
+        "[federation]\nca_files = [\"{}\"]\nretry_min_ms = 200\nretry_max_ms = 1000\npoll_interval_ms = 20\n",
+        ca.pem_path.display()
+    )
+}
