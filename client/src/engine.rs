@@ -505,15 +505,32 @@ impl Client {
     /// Encrypts `text` for every device of `peer` and every other device of this user,
     /// commits it locally, then sends it.
     pub async fn send_text(&self, peer: &str, text: &str) -> ClientResult<SendReport> {
-        if text.is_empty() {
-            return Err(ClientError::Invalid(
-                "refusing to send an empty message".into(),
-            ));
-        }
-        if text.len() > 60_000 {
-            return Err(ClientError::Invalid(
-                "the message is too long (at most 60000 bytes)".into(),
-            ));
+        let mut reports = self.send_many(peer, &[text.to_owned()], 1).await?;
+        reports
+            .pop()
+            .ok_or_else(|| ClientError::Invalid("nothing was sent".into()))
+    }
+
+    /// Sends several messages in order: one device-list refresh and one local transaction
+    /// for all of them (every ratchet step is committed before the first request leaves),
+    /// then one request per message with up to `window` requests in flight.
+    pub async fn send_many(
+        &self,
+        peer: &str,
+        texts: &[String],
+        window: usize,
+    ) -> ClientResult<Vec<SendReport>> {
+        for text in texts {
+            if text.is_empty() {
+                return Err(ClientError::Invalid(
+                    "refusing to send an empty message".into(),
+                ));
+            }
+            if text.len() > 60_000 {
+                return Err(ClientError::Invalid(
+                    "the message is too long (at most 60000 bytes)".into(),
+                ));
+            }
         }
         self.flush_outbox().await?;
         let own = self.login.user_id.clone();
@@ -543,10 +560,6 @@ impl Client {
             .collect();
         let mut new_sessions = self.new_sessions(&targets, &mut notices).await?;
 
-        let msg_id = random_id();
-        let txn_id = random_id();
-        let ts = now_ms();
-        let content = json!({"body": text, "msg_id": msg_id, "peer": peer, "ts": ts});
         let mut tx = self.store.begin().await?;
         let account = self
             .store
@@ -558,8 +571,7 @@ impl Client {
             device_id: &self.login.device_id,
             identity_key: &own_ik,
         };
-        let mut messages: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
-        let mut count = 0;
+        let mut records = Vec::new();
         for device in &targets {
             let mut record = self
                 .store
@@ -571,71 +583,97 @@ impl Client {
                     record.promote(session);
                 }
             }
-            if record.active().is_none() {
-                continue;
+            if record.active().is_some() {
+                records.push((device, record));
             }
-            let payload = Payload::new(
-                TEXT_EVENT,
-                content.clone(),
-                &me,
-                &Party {
-                    user_id: device.user_id(),
-                    device_id: device.device_id(),
-                    identity_key: device.identity_key(),
-                },
-            );
-            let out = record.encrypt(&payload.to_bytes()).map_err(crypto)?;
-            self.store.save_record(&mut tx, &record).await?;
-            messages
-                .entry(device.user_id().to_owned())
-                .or_default()
-                .insert(
-                    device.device_id().to_owned(),
-                    encrypted_content(&account.curve25519_key(), &[(device.curve25519_key(), out)]),
-                );
-            count += 1;
         }
-        if !messages.contains_key(peer) {
+        if !records.iter().any(|(d, _)| d.user_id() == peer) {
             tx.rollback().await.map_err(StoreError::from)?;
             return Err(ClientError::NoDevices(peer.to_owned()));
         }
-        let messages = serde_json::to_value(&messages).map_err(crypto)?;
-        self.store
-            .insert_message(
-                &mut tx,
-                &StoredMessage {
-                    seq: 0,
-                    msg_id: msg_id.clone(),
-                    peer: peer.to_owned(),
-                    outgoing: true,
-                    sender_user: own.clone(),
-                    sender_device: self.login.device_id.clone(),
-                    ts,
-                    state: "pending".into(),
-                    body: text.to_owned(),
-                },
-            )
-            .await?;
-        self.store
-            .queue(&mut tx, &txn_id, &msg_id, &messages)
-            .await?;
+        let mut queued = Vec::with_capacity(texts.len());
+        for text in texts {
+            let msg_id = random_id();
+            let txn_id = random_id();
+            let ts = now_ms();
+            let content = json!({"body": text, "msg_id": msg_id, "peer": peer, "ts": ts});
+            let mut messages: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+            for (device, record) in records.iter_mut() {
+                let payload = Payload::new(
+                    TEXT_EVENT,
+                    content.clone(),
+                    &me,
+                    &Party {
+                        user_id: device.user_id(),
+                        device_id: device.device_id(),
+                        identity_key: device.identity_key(),
+                    },
+                );
+                let out = record.encrypt(&payload.to_bytes()).map_err(crypto)?;
+                messages
+                    .entry(device.user_id().to_owned())
+                    .or_default()
+                    .insert(
+                        device.device_id().to_owned(),
+                        encrypted_content(
+                            &account.curve25519_key(),
+                            &[(device.curve25519_key(), out)],
+                        ),
+                    );
+            }
+            let messages = serde_json::to_value(&messages).map_err(crypto)?;
+            self.store
+                .insert_message(
+                    &mut tx,
+                    &StoredMessage {
+                        seq: 0,
+                        msg_id: msg_id.clone(),
+                        peer: peer.to_owned(),
+                        outgoing: true,
+                        sender_user: own.clone(),
+                        sender_device: self.login.device_id.clone(),
+                        ts,
+                        state: "pending".into(),
+                        body: text.clone(),
+                    },
+                )
+                .await?;
+            self.store
+                .queue(&mut tx, &txn_id, &msg_id, &messages)
+                .await?;
+            queued.push((txn_id, msg_id, messages));
+        }
+        for (_, record) in &records {
+            self.store.save_record(&mut tx, record).await?;
+        }
         tx.commit().await.map_err(StoreError::from)?;
 
-        match self
-            .api
-            .send_to_device(ENCRYPTED_EVENT, &txn_id, &messages)
-            .await
-        {
-            Ok(()) => {
-                self.store.sent(&txn_id, &msg_id).await?;
-                Ok(SendReport {
-                    msg_id,
-                    devices: count,
-                    notices,
-                })
+        let devices = records.len();
+        let mut reports = Vec::with_capacity(queued.len());
+        for chunk in queued.chunks(window.max(1)) {
+            let sends = chunk.iter().map(|(txn_id, msg_id, messages)| async move {
+                self.api
+                    .send_to_device(ENCRYPTED_EVENT, txn_id, messages)
+                    .await?;
+                self.store.sent(txn_id, msg_id).await?;
+                Ok::<_, ClientError>(())
+            });
+            for r in futures::future::join_all(sends).await {
+                match r {
+                    Ok(()) => {}
+                    Err(ClientError::Api(e)) => return Err(ClientError::Queued(e)),
+                    Err(e) => return Err(e),
+                }
             }
-            Err(e) => Err(ClientError::Queued(e)),
+            for (_, msg_id, _) in chunk {
+                reports.push(SendReport {
+                    msg_id: msg_id.clone(),
+                    devices,
+                    notices: std::mem::take(&mut notices),
+                });
+            }
         }
+        Ok(reports)
     }
 
     /// Claims bundles and runs X3DH for the targets without an active session.

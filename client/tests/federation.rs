@@ -8,8 +8,18 @@ mod common;
 use common::{federation_section, Db, Device, Server, ServerOptions, TestCa};
 
 fn two_servers(ca: &TestCa, db: Db) -> (Server, Server) {
-    let a = Server::start(ServerOptions { ca: Some(ca), db, ip: "127.0.0.1", extra: federation_section(ca) });
-    let b = Server::start(ServerOptions { ca: Some(ca), db, ip: "127.0.0.2", extra: federation_section(ca) });
+    let a = Server::start(ServerOptions {
+        ca: Some(ca),
+        db,
+        ip: "127.0.0.1",
+        extra: federation_section(ca),
+    });
+    let b = Server::start(ServerOptions {
+        ca: Some(ca),
+        db,
+        ip: "127.0.0.2",
+        extra: federation_section(ca),
+    });
     (a, b)
 }
 
@@ -30,12 +40,20 @@ fn federated_conversation(db: Db) {
 
     // Bob -> Alice reaches both of her devices.
     bob.send(&alice1, "hello alpha").ok();
-    assert_eq!(Device::bodies(&alice1.receive_n(1, 60)), vec!["hello alpha"]);
-    assert_eq!(Device::bodies(&alice2.receive_n(1, 60)), vec!["hello alpha"]);
+    assert_eq!(
+        Device::bodies(&alice1.receive_n(1, 60)),
+        vec!["hello alpha"]
+    );
+    assert_eq!(
+        Device::bodies(&alice2.receive_n(1, 60)),
+        vec!["hello alpha"]
+    );
 
     // Bob offline: everything waits and arrives in order, exactly once.
     let lines: Vec<String> = (1..=40).map(|i| format!("queued {i}")).collect();
-    alice2.run_with_input(&["send", &bob.user_id, "--lines"], &lines.join("\n")).ok();
+    alice2
+        .run_with_input(&["send", &bob.user_id, "--lines"], &lines.join("\n"))
+        .ok();
     let got = bob.receive_n(40, 90);
     assert_eq!(Device::bodies(&got), lines);
 }

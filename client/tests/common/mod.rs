@@ -552,7 +552,14 @@ impl Device {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while Device::bodies(&all).len() < n && Instant::now() < deadline {
             let out = self
-                .run(&["listen", "--json", "--count", &n.to_string(), "--timeout", "5"])
+                .run(&[
+                    "listen",
+                    "--json",
+                    "--count",
+                    &n.to_string(),
+                    "--timeout",
+                    "5",
+                ])
                 .ok();
             all.extend(out.json_lines());
         }
