@@ -1,0 +1,987 @@
+//! The messaging engine: a logged-in device with its store and API connection. It keeps the
+//! device's keys on the server, tracks and pins other devices, sends a message to every
+//! device of the recipient and to the sender's own other devices, and decrypts what `/sync`
+//! delivers.
+//!
+//! Durability rules (DESIGN.md section 5):
+//! - sending: the ratchet state, the history entry and the encrypted request are committed
+//!   in one transaction before anything leaves; the request is retried with the same
+//!   transaction ID until the server accepts it, so a crash neither loses nor duplicates;
+//! - receiving: the session state, the plaintext and the sync position of a whole batch are
+//!   committed in one transaction; a re-delivered event is recognised by its digest.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hush_crypto::consts::{BUNDLE_CLAIM_ALGORITHM, SIGNED_CURVE25519};
+use hush_crypto::envelope::Payload;
+use hush_crypto::session_record::IncomingMessage;
+use hush_crypto::{
+    encrypted_content, parse_content, Account, DeviceKeys, Fingerprint, IdentityKey, Party,
+    PreKeyBundle, Session,
+};
+use rand::rngs::OsRng;
+use rand::RngCore;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::api::{Api, ApiError, SyncResponse};
+use crate::store::{Login, PinnedDevice, Store, StoreError, StoredMessage};
+
+/// The to-device event type of encrypted messages.
+pub const ENCRYPTED_EVENT: &str = "m.room.encrypted";
+/// The inner event type of a text message.
+pub const TEXT_EVENT: &str = "hush.message";
+/// Seen digests are kept this long (longer than the server keeps undelivered messages).
+const SEEN_RETENTION_SECS: u64 = 40 * 24 * 3600;
+
+/// Errors of client operations, each a clear sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server call failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The user does not exist (the server knows no such user).
+    #[error("the user {0} does not exist (or their server did not answer)")]
+    UnknownUser(String),
+    /// The user has no device with usable keys.
+    #[error("{0} has no devices that can receive encrypted messages")]
+    NoDevices(String),
+    /// A verified contact's identity changed; sending is blocked.
+    #[error("{user}'s identity changed since you verified them (devices: {}); compare safety numbers with `hush verify {user}`, then accept with `hush trust {user}`", .devices.join(", "))]
+    Untrusted {
+        /// The user.
+        user: String,
+        /// The unapproved devices.
+        devices: Vec<String>,
+    },
+    /// The message is stored and queued but the server did not take it yet.
+    #[error("the message is saved and queued, but could not be sent yet: {0}; it will be sent by the next `hush send` or `hush listen`")]
+    Queued(ApiError),
+    /// A cryptographic operation failed.
+    #[error("encryption error: {0}")]
+    Crypto(String),
+    /// Bad input.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Result alias.
+pub type ClientResult<T> = Result<T, ClientError>;
+
+/// What a send did.
+#[derive(Debug, Clone)]
+pub struct SendReport {
+    /// The message ID.
+    pub msg_id: String,
+    /// Devices it was encrypted for.
+    pub devices: usize,
+    /// Notices raised on the way (new devices, key changes, unreachable devices).
+    pub notices: Vec<String>,
+}
+
+/// What one sync delivered.
+#[derive(Debug, Clone, Default)]
+pub struct SyncOutcome {
+    /// New messages, in order.
+    pub messages: Vec<StoredMessage>,
+    /// Notices (device changes, undecryptable messages).
+    pub notices: Vec<String>,
+    /// Whether the server had nothing new.
+    pub empty: bool,
+}
+
+/// The current time in seconds.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A random identifier (hex of 16 bytes).
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn crypto<E: std::fmt::Display>(e: E) -> ClientError {
+    ClientError::Crypto(e.to_string())
+}
+
+/// A logged-in device.
+#[derive(Debug)]
+pub struct Client {
+    store: Store,
+    api: Api,
+    login: Login,
+}
+
+impl Client {
+    /// Wraps an open store and its login.
+    pub fn new(store: Store, api: Api, login: Login) -> Self {
+        Self { store, api, login }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The API connection.
+    pub fn api(&self) -> &Api {
+        &self.api
+    }
+
+    /// The login.
+    pub fn login(&self) -> &Login {
+        &self.login
+    }
+
+    /// The user ID.
+    pub fn user_id(&self) -> &str {
+        &self.login.user_id
+    }
+
+    /// Consumes the client, returning the store.
+    pub fn into_store(self) -> Store {
+        self.store
+    }
+
+    async fn account(&self) -> ClientResult<Account> {
+        let mut conn = self.store.begin().await?;
+        let account = self
+            .store
+            .account(&mut conn, &self.login.user_id, &self.login.device_id)
+            .await?;
+        conn.rollback().await.map_err(StoreError::from)?;
+        Ok(account)
+    }
+
+    // --- keys of this device -----------------------------------------------------------
+
+    /// Creates this device's account, stores it and uploads device keys, the signed prekey
+    /// (as fallback key) and one-time prekeys. Called right after register or login.
+    pub async fn bootstrap(&self) -> ClientResult<()> {
+        let mut account = Account::new(
+            &mut OsRng,
+            &self.login.user_id,
+            &self.login.device_id,
+            now_secs(),
+        )
+        .map_err(crypto)?;
+        account
+            .generate_one_time_keys(&mut OsRng, Account::one_time_keys_wanted(0))
+            .map_err(crypto)?;
+        let mut tx = self.store.begin().await?;
+        self.store.save_account(&mut tx, &account).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        let body = json!({
+            "device_keys": account.device_keys().map_err(crypto)?,
+            "one_time_keys": account.one_time_keys().map_err(crypto)?,
+            "fallback_keys": account.fallback_keys().map_err(crypto)?,
+        });
+        self.api.upload_keys(&body).await?;
+        self.mark_published().await
+    }
+
+    async fn mark_published(&self) -> ClientResult<()> {
+        let mut tx = self.store.begin().await?;
+        let mut account = self
+            .store
+            .account(&mut tx, &self.login.user_id, &self.login.device_id)
+            .await?;
+        account.mark_keys_as_published();
+        self.store.save_account(&mut tx, &account).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    /// Tops up one-time keys when the server's count is low, rotates the signed prekey when
+    /// due (and erases expired ones), and re-uploads the fallback key if it was used.
+    pub async fn maintain_keys(
+        &self,
+        server_otk_count: Option<usize>,
+        unused_fallback: Option<&[String]>,
+    ) -> ClientResult<()> {
+        let mut tx = self.store.begin().await?;
+        let mut account = self
+            .store
+            .account(&mut tx, &self.login.user_id, &self.login.device_id)
+            .await?;
+        let rotated = account.maintain(&mut OsRng, now_secs()).map_err(crypto)?;
+        let wanted = server_otk_count.map_or(0, Account::one_time_keys_wanted);
+        if wanted > 0 {
+            account
+                .generate_one_time_keys(&mut OsRng, wanted)
+                .map_err(crypto)?;
+        }
+        let fallback_used =
+            unused_fallback.is_some_and(|list| !list.iter().any(|a| a == SIGNED_CURVE25519));
+        let otks = account.one_time_keys().map_err(crypto)?;
+        if !rotated && !fallback_used && otks.is_empty() {
+            tx.rollback().await.map_err(StoreError::from)?;
+            return Ok(());
+        }
+        self.store.save_account(&mut tx, &account).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        let mut body = Map::new();
+        if !otks.is_empty() {
+            body.insert("one_time_keys".into(), Value::Object(otks));
+        }
+        if rotated || fallback_used {
+            body.insert(
+                "fallback_keys".into(),
+                Value::Object(account.fallback_keys().map_err(crypto)?),
+            );
+        }
+        self.api.upload_keys(&Value::Object(body)).await?;
+        self.mark_published().await
+    }
+
+    // --- devices and trust -------------------------------------------------------------
+
+    /// Fetches the device lists of `users`, verifies every device's self-signed keys, pins
+    /// them (trust on first use) and records what changed. Returns the verified active
+    /// devices per user; users the server does not know are absent.
+    pub async fn refresh_devices(
+        &self,
+        users: &[String],
+    ) -> ClientResult<(BTreeMap<String, Vec<DeviceKeys>>, Vec<String>)> {
+        let answer = self.api.query_keys(users).await?;
+        let empty = Map::new();
+        let all = answer
+            .get("device_keys")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        let mut out = BTreeMap::new();
+        let mut notices = Vec::new();
+        let mut tx = self.store.begin().await?;
+        for user in users {
+            let Some(devices) = all.get(user).and_then(Value::as_object) else {
+                if let Some(failure) = answer
+                    .get("failures")
+                    .and_then(Value::as_object)
+                    .filter(|f| !f.is_empty())
+                {
+                    let server = user.split_once(':').map(|(_, s)| s).unwrap_or_default();
+                    if failure.contains_key(server) {
+                        return Err(ClientError::Api(ApiError::Unreachable {
+                            url: server.to_owned(),
+                            reason: "the homeserver of that user did not answer".into(),
+                        }));
+                    }
+                }
+                continue;
+            };
+            let verified = self.store.is_verified(&mut tx, user).await?;
+            let known = self.store.pinned_devices(&mut tx, user).await?;
+            let had_any = !known.is_empty();
+            let mut keys = Vec::new();
+            for (device_id, value) in devices {
+                let device = match DeviceKeys::from_json(value, user, device_id) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let text = format!(
+                            "ignoring device {device_id} of {user}: its keys do not verify ({e})"
+                        );
+                        self.store.add_notice(&mut tx, user, &text).await?;
+                        notices.push(text);
+                        continue;
+                    }
+                };
+                let ed = device.identity_key().to_base64();
+                let existing = known.iter().find(|p| &p.device_id == device_id);
+                let mine = user == &self.login.user_id && device_id == &self.login.device_id;
+                match existing {
+                    Some(pin) if pin.ed25519 == ed => {
+                        if !pin.active {
+                            self.store
+                                .put_pin(
+                                    &mut tx,
+                                    &PinnedDevice {
+                                        active: true,
+                                        ..pin.clone()
+                                    },
+                                )
+                                .await?;
+                        }
+                    }
+                    Some(_) => {
+                        let text = format!(
+                            "WARNING: the identity key of {user}'s device {device_id} CHANGED to {}{}",
+                            short_key(&ed),
+                            if verified { "; sending is blocked until you run `hush trust`" } else { "" }
+                        );
+                        self.store
+                            .put_pin(
+                                &mut tx,
+                                &PinnedDevice {
+                                    user_id: user.clone(),
+                                    device_id: device_id.clone(),
+                                    ed25519: ed.clone(),
+                                    first_seen: now_secs(),
+                                    approved: !verified,
+                                    active: true,
+                                },
+                            )
+                            .await?;
+                        // Sessions made with the old identity must never be used again.
+                        sqlx::query("DELETE FROM sessions WHERE user_id = ? AND device_id = ?")
+                            .bind(user)
+                            .bind(device_id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(StoreError::from)?;
+                        self.store.add_notice(&mut tx, user, &text).await?;
+                        notices.push(text);
+                    }
+                    None => {
+                        self.store
+                            .put_pin(
+                                &mut tx,
+                                &PinnedDevice {
+                                    user_id: user.clone(),
+                                    device_id: device_id.clone(),
+                                    ed25519: ed.clone(),
+                                    first_seen: now_secs(),
+                                    approved: !verified || mine,
+                                    active: true,
+                                },
+                            )
+                            .await?;
+                        if had_any && !mine {
+                            let text = format!(
+                                "{user} has a new device {device_id} (key {}){}",
+                                short_key(&ed),
+                                if verified {
+                                    "; sending is blocked until you run `hush trust`"
+                                } else {
+                                    ""
+                                }
+                            );
+                            self.store.add_notice(&mut tx, user, &text).await?;
+                            notices.push(text);
+                        }
+                    }
+                }
+                keys.push(device);
+            }
+            for pin in known
+                .iter()
+                .filter(|p| p.active && !devices.contains_key(&p.device_id))
+            {
+                self.store
+                    .put_pin(
+                        &mut tx,
+                        &PinnedDevice {
+                            active: false,
+                            ..pin.clone()
+                        },
+                    )
+                    .await?;
+                let text = format!("{user} removed device {}", pin.device_id);
+                self.store.add_notice(&mut tx, user, &text).await?;
+                notices.push(text);
+            }
+            out.insert(user.clone(), keys);
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok((out, notices))
+    }
+
+    /// Fails with [`ClientError::Untrusted`] if any active device of `user` is not approved.
+    pub async fn check_trust(&self, user: &str) -> ClientResult<()> {
+        let mut tx = self.store.begin().await?;
+        let pins = self.store.pinned_devices(&mut tx, user).await?;
+        tx.rollback().await.map_err(StoreError::from)?;
+        let blocked: Vec<String> = pins
+            .iter()
+            .filter(|p| p.active && !p.approved)
+            .map(|p| p.device_id.clone())
+            .collect();
+        if blocked.is_empty() {
+            Ok(())
+        } else {
+            Err(ClientError::Untrusted {
+                user: user.to_owned(),
+                devices: blocked,
+            })
+        }
+    }
+
+    /// Accepts the current identities of every device of `user`; returns how many changed.
+    pub async fn trust(&self, user: &str) -> ClientResult<u64> {
+        self.refresh_devices(&[user.to_owned()]).await?;
+        let mut tx = self.store.begin().await?;
+        let n = self.store.approve_all(&mut tx, user).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(n)
+    }
+
+    /// The safety number with `peer` and both sides' device keys.
+    pub async fn safety_number(
+        &self,
+        peer: &str,
+    ) -> ClientResult<(Fingerprint, Vec<PinnedDevice>, Vec<PinnedDevice>, bool)> {
+        let own = self.login.user_id.clone();
+        let (found, _) = self
+            .refresh_devices(&[own.clone(), peer.to_owned()])
+            .await?;
+        if !found.contains_key(peer) {
+            return Err(ClientError::UnknownUser(peer.to_owned()));
+        }
+        let mut tx = self.store.begin().await?;
+        let mine: Vec<PinnedDevice> = self
+            .store
+            .pinned_devices(&mut tx, &own)
+            .await?
+            .into_iter()
+            .filter(|p| p.active)
+            .collect();
+        let theirs: Vec<PinnedDevice> = self
+            .store
+            .pinned_devices(&mut tx, peer)
+            .await?
+            .into_iter()
+            .filter(|p| p.active)
+            .collect();
+        let verified = self.store.is_verified(&mut tx, peer).await?;
+        tx.rollback().await.map_err(StoreError::from)?;
+        let keys = |pins: &[PinnedDevice]| -> Vec<IdentityKey> {
+            pins.iter()
+                .filter_map(|p| IdentityKey::from_base64(&p.ed25519).ok())
+                .collect()
+        };
+        if theirs.is_empty() {
+            return Err(ClientError::NoDevices(peer.to_owned()));
+        }
+        let fp = Fingerprint::new(&own, &keys(&mine), peer, &keys(&theirs)).map_err(crypto)?;
+        Ok((fp, mine, theirs, verified))
+    }
+
+    /// Marks `peer` verified (after comparing safety numbers); approves its current devices.
+    pub async fn mark_verified(&self, peer: &str) -> ClientResult<()> {
+        let mut tx = self.store.begin().await?;
+        self.store.set_verified(&mut tx, peer).await?;
+        self.store.approve_all(&mut tx, peer).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    /// Whether `peer` is marked verified.
+    pub async fn is_verified(&self, peer: &str) -> ClientResult<bool> {
+        let mut tx = self.store.begin().await?;
+        let v = self.store.is_verified(&mut tx, peer).await?;
+        tx.rollback().await.map_err(StoreError::from)?;
+        Ok(v)
+    }
+
+    // --- sending -----------------------------------------------------------------------
+
+    /// Sends everything still queued, oldest first (same transaction IDs as before).
+    pub async fn flush_outbox(&self) -> ClientResult<usize> {
+        let queued = self.store.outbox().await?;
+        let n = queued.len();
+        for (txn_id, msg_id, messages) in queued {
+            self.api
+                .send_to_device(ENCRYPTED_EVENT, &txn_id, &messages)
+                .await?;
+            self.store.sent(&txn_id, &msg_id).await?;
+        }
+        Ok(n)
+    }
+
+    /// Encrypts `text` for every device of `peer` and every other device of this user,
+    /// commits it locally, then sends it.
+    pub async fn send_text(&self, peer: &str, text: &str) -> ClientResult<SendReport> {
+        let mut reports = self.send_many(peer, &[text.to_owned()], 1).await?;
+        reports
+            .pop()
+            .ok_or_else(|| ClientError::Invalid("nothing was sent".into()))
+    }
+
+    /// Sends several messages in order: one device-list refresh and one local transaction
+    /// for all of them (every ratchet step is committed before the first request leaves),
+    /// then one request per message with up to `window` requests in flight.
+    pub async fn send_many(
+        &self,
+        peer: &str,
+        texts: &[String],
+        window: usize,
+    ) -> ClientResult<Vec<SendReport>> {
+        for text in texts {
+            if text.is_empty() {
+                return Err(ClientError::Invalid(
+                    "refusing to send an empty message".into(),
+                ));
+            }
+            if text.len() > 60_000 {
+                return Err(ClientError::Invalid(
+                    "the message is too long (at most 60000 bytes)".into(),
+                ));
+            }
+        }
+        self.flush_outbox().await?;
+        let own = self.login.user_id.clone();
+        let mut users = vec![peer.to_owned()];
+        if peer != own {
+            users.push(own.clone());
+        }
+        let (found, mut notices) = self.refresh_devices(&users).await?;
+        let peer_devices = found
+            .get(peer)
+            .ok_or_else(|| ClientError::UnknownUser(peer.to_owned()))?;
+        if peer_devices
+            .iter()
+            .all(|d| d.user_id() == own && d.device_id() == self.login.device_id)
+        {
+            return Err(ClientError::NoDevices(peer.to_owned()));
+        }
+        for user in &users {
+            self.check_trust(user).await?;
+        }
+        let targets: Vec<DeviceKeys> = users
+            .iter()
+            .filter_map(|u| found.get(u))
+            .flatten()
+            .filter(|d| !(d.user_id() == own && d.device_id() == self.login.device_id))
+            .cloned()
+            .collect();
+        let mut new_sessions = self.new_sessions(&targets, &mut notices).await?;
+
+        let mut tx = self.store.begin().await?;
+        let account = self
+            .store
+            .account(&mut tx, &own, &self.login.device_id)
+            .await?;
+        let own_ik = account.identity_key();
+        let me = Party {
+            user_id: &own,
+            device_id: &self.login.device_id,
+            identity_key: &own_ik,
+        };
+        let mut records = Vec::new();
+        for device in &targets {
+            let mut record = self
+                .store
+                .record(&mut tx, device.user_id(), device.device_id())
+                .await?;
+            let key = (device.user_id().to_owned(), device.device_id().to_owned());
+            if let Some(session) = new_sessions.remove(&key) {
+                if record.active().is_none() {
+                    record.promote(session);
+                }
+            }
+            if record.active().is_some() {
+                records.push((device, record));
+            }
+        }
+        if !records.iter().any(|(d, _)| d.user_id() == peer) {
+            tx.rollback().await.map_err(StoreError::from)?;
+            return Err(ClientError::NoDevices(peer.to_owned()));
+        }
+        let mut queued = Vec::with_capacity(texts.len());
+        for text in texts {
+            let msg_id = random_id();
+            let txn_id = random_id();
+            let ts = now_ms();
+            let content = json!({"body": text, "msg_id": msg_id, "peer": peer, "ts": ts});
+            let mut messages: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+            for (device, record) in records.iter_mut() {
+                let payload = Payload::new(
+                    TEXT_EVENT,
+                    content.clone(),
+                    &me,
+                    &Party {
+                        user_id: device.user_id(),
+                        device_id: device.device_id(),
+                        identity_key: device.identity_key(),
+                    },
+                );
+                let out = record.encrypt(&payload.to_bytes()).map_err(crypto)?;
+                messages
+                    .entry(device.user_id().to_owned())
+                    .or_default()
+                    .insert(
+                        device.device_id().to_owned(),
+                        encrypted_content(
+                            &account.curve25519_key(),
+                            &[(device.curve25519_key(), out)],
+                        ),
+                    );
+            }
+            let messages = serde_json::to_value(&messages).map_err(crypto)?;
+            self.store
+                .insert_message(
+                    &mut tx,
+                    &StoredMessage {
+                        seq: 0,
+                        msg_id: msg_id.clone(),
+                        peer: peer.to_owned(),
+                        outgoing: true,
+                        sender_user: own.clone(),
+                        sender_device: self.login.device_id.clone(),
+                        ts,
+                        state: "pending".into(),
+                        body: text.clone(),
+                    },
+                )
+                .await?;
+            self.store
+                .queue(&mut tx, &txn_id, &msg_id, &messages)
+                .await?;
+            queued.push((txn_id, msg_id, messages));
+        }
+        for (_, record) in &records {
+            self.store.save_record(&mut tx, record).await?;
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+
+        let devices = records.len();
+        let mut reports = Vec::with_capacity(queued.len());
+        for chunk in queued.chunks(window.max(1)) {
+            let sends = chunk.iter().map(|(txn_id, msg_id, messages)| async move {
+                self.api
+                    .send_to_device(ENCRYPTED_EVENT, txn_id, messages)
+                    .await?;
+                self.store.sent(txn_id, msg_id).await?;
+                Ok::<_, ClientError>(())
+            });
+            for r in futures::future::join_all(sends).await {
+                match r {
+                    Ok(()) => {}
+                    Err(ClientError::Api(e)) => return Err(ClientError::Queued(e)),
+                    Err(e) => return Err(e),
+                }
+            }
+            for (_, msg_id, _) in chunk {
+                reports.push(SendReport {
+                    msg_id: msg_id.clone(),
+                    devices,
+                    notices: std::mem::take(&mut notices),
+                });
+            }
+        }
+        Ok(reports)
+    }
+
+    /// Claims bundles and runs X3DH for the targets without an active session.
+    async fn new_sessions(
+        &self,
+        targets: &[DeviceKeys],
+        notices: &mut Vec<String>,
+    ) -> ClientResult<BTreeMap<(String, String), Session>> {
+        let mut wanted: Map<String, Value> = Map::new();
+        {
+            let mut tx = self.store.begin().await?;
+            for d in targets {
+                if !self
+                    .store
+                    .has_active_session(&mut tx, d.user_id(), d.device_id())
+                    .await?
+                {
+                    let entry = wanted
+                        .entry(d.user_id().to_owned())
+                        .or_insert_with(|| Value::Object(Map::new()));
+                    if let Some(map) = entry.as_object_mut() {
+                        map.insert(d.device_id().to_owned(), json!(BUNDLE_CLAIM_ALGORITHM));
+                    }
+                }
+            }
+            tx.rollback().await.map_err(StoreError::from)?;
+        }
+        let mut sessions = BTreeMap::new();
+        if wanted.is_empty() {
+            return Ok(sessions);
+        }
+        let answer = self.api.claim_keys(&wanted).await?;
+        let account = self.account().await?;
+        for d in targets {
+            let Some(Value::Object(devices)) = wanted.get(d.user_id()) else {
+                continue;
+            };
+            if !devices.contains_key(d.device_id()) {
+                continue;
+            }
+            let claimed = answer
+                .pointer(&format!(
+                    "/one_time_keys/{}/{}",
+                    pointer_escape(d.user_id()),
+                    pointer_escape(d.device_id())
+                ))
+                .and_then(Value::as_object);
+            let Some((claim_key, value)) = claimed.and_then(|m| m.iter().next()) else {
+                notices.push(format!(
+                    "{}'s device {} has no prekeys on the server; it will not receive this message",
+                    d.user_id(),
+                    d.device_id()
+                ));
+                continue;
+            };
+            let session = PreKeyBundle::from_claim(d, claim_key, value)
+                .map_err(crypto)
+                .and_then(|bundle| {
+                    account
+                        .initiate_outbound(&mut OsRng, &bundle)
+                        .map_err(crypto)
+                });
+            match session {
+                Ok(s) => {
+                    sessions.insert((d.user_id().to_owned(), d.device_id().to_owned()), s);
+                }
+                Err(e) => notices.push(format!(
+                    "could not start a session with {}'s device {}: {e}",
+                    d.user_id(),
+                    d.device_id()
+                )),
+            }
+        }
+        Ok(sessions)
+    }
+
+    // --- receiving ---------------------------------------------------------------------
+
+    /// One `/sync` round: waits up to `timeout_ms` for news, decrypts and stores everything,
+    /// saves the position, then keeps the device's keys topped up.
+    pub async fn sync_once(&self, timeout_ms: u64) -> ClientResult<SyncOutcome> {
+        let since = self.store.setting("sync_token").await?;
+        let resp = self.api.sync(since.as_deref(), timeout_ms).await?;
+        let outcome = self.process(&resp, since.is_none()).await?;
+        self.maintain_keys(resp.one_time_key_count, resp.unused_fallback.as_deref())
+            .await?;
+        Ok(outcome)
+    }
+
+    /// Processes a sync answer (decrypt, store, save the position).
+    pub async fn process(&self, resp: &SyncResponse, initial: bool) -> ClientResult<SyncOutcome> {
+        let own = self.login.user_id.clone();
+        let mut notices = Vec::new();
+        // Device-list changes of people we talk to: refetch and pin (shows new devices).
+        let mut refresh: BTreeSet<String> = if initial {
+            BTreeSet::new()
+        } else {
+            resp.changed.iter().cloned().collect()
+        };
+        // Senders whose device (by sender_key) is not pinned yet.
+        let account = self.account().await?;
+        let own_curve = account.curve25519_key();
+        {
+            let mut tx = self.store.begin().await?;
+            for ev in resp
+                .events
+                .iter()
+                .filter(|e| e.event_type == ENCRYPTED_EVENT)
+            {
+                if let Ok(env) = parse_content(&ev.content, &own_curve) {
+                    let pins = self.store.pinned_devices(&mut tx, &ev.sender).await?;
+                    if find_by_curve(&pins, &env.sender_key.to_base64()).is_none() {
+                        refresh.insert(ev.sender.clone());
+                    }
+                }
+            }
+            tx.rollback().await.map_err(StoreError::from)?;
+        }
+        if !refresh.is_empty() {
+            let users: Vec<String> = refresh.into_iter().collect();
+            match self.refresh_devices(&users).await {
+                Ok((_, n)) => notices.extend(n),
+                Err(e) => notices.push(format!("could not refresh device lists: {e}")),
+            }
+        }
+
+        let mut tx = self.store.begin().await?;
+        let mut account = self
+            .store
+            .account(&mut tx, &own, &self.login.device_id)
+            .await?;
+        let own_ik = account.identity_key();
+        let mut account_dirty = false;
+        let mut messages = Vec::new();
+        let now = now_secs();
+        for ev in &resp.events {
+            if ev.event_type != ENCRYPTED_EVENT {
+                continue;
+            }
+            let mut hasher = Sha256::new();
+            hasher.update(ev.sender.as_bytes());
+            hasher.update([0]);
+            hasher.update(ev.content.to_string().as_bytes());
+            if !self.store.mark_seen(&mut tx, &hasher.finalize()).await? {
+                continue;
+            }
+            let fail = |text: String| text;
+            let env = match parse_content(&ev.content, &own_curve) {
+                Ok(env) => env,
+                Err(e) => {
+                    let text = fail(format!(
+                        "dropped a malformed message from {}: {e}",
+                        ev.sender
+                    ));
+                    self.store.add_notice(&mut tx, &ev.sender, &text).await?;
+                    notices.push(text);
+                    continue;
+                }
+            };
+            let pins = self.store.pinned_devices(&mut tx, &ev.sender).await?;
+            let Some(pin) = find_by_curve(&pins, &env.sender_key.to_base64()) else {
+                let text = format!("dropped a message from an unknown device of {}", ev.sender);
+                self.store.add_notice(&mut tx, &ev.sender, &text).await?;
+                notices.push(text);
+                continue;
+            };
+            let Ok(sender_ik) = IdentityKey::from_base64(&pin.ed25519) else {
+                continue;
+            };
+            let mut record = self
+                .store
+                .record(&mut tx, &ev.sender, &pin.device_id)
+                .await?;
+            let mut used_otk = None;
+            let decrypted = match &env.message {
+                IncomingMessage::PreKey(p) if !record.has_base_key(&p.base_key) => {
+                    if p.identity_key != sender_ik || p.sender_device != pin.device_id {
+                        Err("the handshake does not match the pinned identity".to_owned())
+                    } else {
+                        account
+                            .accept_inbound(&mut OsRng, &record, &ev.sender, p, now)
+                            .map(|inbound| {
+                                record = inbound.record;
+                                used_otk = inbound.used_one_time_key;
+                                inbound.plaintext
+                            })
+                            .map_err(|e| e.to_string())
+                    }
+                }
+                other => record
+                    .decrypt(&mut OsRng, other, now)
+                    .map_err(|e| e.to_string()),
+            };
+            let plaintext = match decrypted {
+                Ok(p) => p,
+                Err(e) => {
+                    let text = format!(
+                        "could not decrypt a message from {} ({}): {e}",
+                        ev.sender, pin.device_id
+                    );
+                    self.store.add_notice(&mut tx, &ev.sender, &text).await?;
+                    notices.push(text);
+                    continue;
+                }
+            };
+            let checked = Payload::from_bytes(&plaintext)
+                .map_err(|e| e.to_string())
+                .and_then(|p| {
+                    p.check(
+                        &Party {
+                            user_id: &ev.sender,
+                            device_id: &pin.device_id,
+                            identity_key: &sender_ik,
+                        },
+                        &Party {
+                            user_id: &own,
+                            device_id: &self.login.device_id,
+                            identity_key: &own_ik,
+                        },
+                    )
+                    .map(|_| p)
+                    .map_err(|e| e.to_string())
+                });
+            let payload = match checked {
+                Ok(p) => p,
+                Err(e) => {
+                    let text = format!(
+                        "rejected a message from {} ({}): {e}",
+                        ev.sender, pin.device_id
+                    );
+                    self.store.add_notice(&mut tx, &ev.sender, &text).await?;
+                    notices.push(text);
+                    continue;
+                }
+            };
+            if let Some(id) = used_otk {
+                account.remove_one_time_key(id);
+                account_dirty = true;
+            }
+            self.store.save_record(&mut tx, &record).await?;
+            if payload.event_type != TEXT_EVENT {
+                continue;
+            }
+            let c = &payload.content;
+            let body = c.get("body").and_then(Value::as_str).unwrap_or_default();
+            let outgoing = ev.sender == own;
+            let peer = if outgoing {
+                c.get("peer")
+                    .and_then(Value::as_str)
+                    .unwrap_or(&own)
+                    .to_owned()
+            } else {
+                ev.sender.clone()
+            };
+            let msg = StoredMessage {
+                seq: 0,
+                msg_id: c
+                    .get("msg_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .unwrap_or_else(random_id),
+                peer,
+                outgoing,
+                sender_user: ev.sender.clone(),
+                sender_device: pin.device_id.clone(),
+                ts: c.get("ts").and_then(Value::as_u64).unwrap_or(0),
+                state: if outgoing {
+                    "sent".into()
+                } else {
+                    "received".into()
+                },
+                body: body.to_owned(),
+            };
+            if let Some(seq) = self.store.insert_message(&mut tx, &msg).await? {
+                messages.push(StoredMessage { seq, ..msg });
+            }
+        }
+        if account_dirty {
+            self.store.save_account(&mut tx, &account).await?;
+        }
+        self.store
+            .set_setting(&mut tx, "sync_token", &resp.next_batch)
+            .await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        if initial {
+            self.store.prune_seen(SEEN_RETENTION_SECS).await?;
+        }
+        Ok(SyncOutcome {
+            empty: resp.events.is_empty() && resp.changed.is_empty(),
+            messages,
+            notices,
+        })
+    }
+}
+
+fn find_by_curve<'a>(pins: &'a [PinnedDevice], curve_b64: &str) -> Option<&'a PinnedDevice> {
+    pins.iter().find(|p| {
+        IdentityKey::from_base64(&p.ed25519)
+            .map(|k| k.to_curve25519().to_base64() == curve_b64)
+            .unwrap_or(false)
+    })
+}
+
+fn pointer_escape(s: &str) -> String {
+    s.replace('~', "~0").replace('/', "~1")
+}
+
+/// The first 8 characters of a base64 key, for messages.
+pub fn short_key(b64: &str) -> String {
+    b64.chars().take(8).collect()
+}
