@@ -10,10 +10,49 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use sqlx::{ConnectOptions, Connection, SqliteConnection};
+use sqlx::{ConnectOptions, Connection, SqliteConnection, TransactionManager};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 use super::{Backend, Store, StoreError, StoreResult};
+
+/// An open SQLite write transaction on the writer connection; rolled back when dropped
+/// without [`WriteTx::commit`] (the rollback is queued on the connection, so it also happens
+/// when the owning future is cancelled).
+pub(super) struct WriteTx<'a> {
+    conn: &'a mut SqliteConnection,
+    open: bool,
+}
+
+impl WriteTx<'_> {
+    /// Commits the transaction.
+    pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
+        type Manager = <sqlx::Sqlite as sqlx::Database>::TransactionManager;
+        Manager::commit(self.conn).await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteTx<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.conn
+    }
+}
+
+impl Drop for WriteTx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            <sqlx::Sqlite as sqlx::Database>::TransactionManager::start_rollback(self.conn);
+        }
+    }
+}
 
 /// The single SQLite writer connection, reopened after a fatal connection error.
 pub(super) struct SqliteWriter {
@@ -40,6 +79,35 @@ impl SqliteWriter {
         }
         MutexGuard::try_map(guard, Option::as_mut)
             .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))
+    }
+
+    /// Starts a write transaction (`BEGIN IMMEDIATE`) on the locked writer connection.
+    ///
+    /// A caller cancelled between `BEGIN` and its acknowledgement can leave a transaction open
+    /// that nobody owns; it is rolled back here first, so one dropped request can never wedge
+    /// the writer.
+    pub(super) async fn begin<'a>(
+        &self,
+        conn: &'a mut SqliteConnection,
+    ) -> StoreResult<WriteTx<'a>> {
+        type Manager = <sqlx::Sqlite as sqlx::Database>::TransactionManager;
+        let mut attempt = 0;
+        loop {
+            if Manager::get_transaction_depth(conn) > 0 {
+                Manager::rollback(conn)
+                    .await
+                    .inspect_err(|e| self.note_error(e))?;
+            }
+            match Manager::begin(conn, Some("BEGIN IMMEDIATE".into())).await {
+                Ok(()) => break,
+                Err(sqlx::Error::InvalidSavePointStatement) if attempt < 3 => attempt += 1,
+                Err(e) => {
+                    self.note_error(&e);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(WriteTx { conn, open: true })
     }
 
     /// Marks the connection for reopening if `error` means it is unusable.

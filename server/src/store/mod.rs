@@ -312,9 +312,7 @@ macro_rules! with_tx {
                 let $pg = false;
                 let mut guard = writer.lock().await?;
                 #[allow(unused_mut)]
-                let mut $tx = sqlx::Connection::begin_with(&mut *guard, "BEGIN IMMEDIATE")
-                    .await
-                    .inspect_err(|e| writer.note_error(e))?;
+                let mut $tx = writer.begin(&mut *guard).await?;
                 let out = $body;
                 $tx.commit().await.inspect_err(|e| writer.note_error(e))?;
                 Ok(out)
