@@ -22,6 +22,7 @@ store_tests!(
     prune_enforces_ttls,
     wakeups_follow_commits,
     many_recipients_in_one_batch,
+    cancelled_commits_leave_store_usable,
 );
 
 const ALICE: &str = "@alice:hs.test";
@@ -634,5 +635,59 @@ async fn many_recipients_in_one_batch(store: Store) {
             store.inbox_last_pos(ALICE, d).await.unwrap(),
             inbox.last().map(|e| e.pos)
         );
+    }
+}
+
+async fn cancelled_commits_leave_store_usable(store: Store) {
+    user_with_devices(&store, ALICE, &["D"], 0).await;
+    let start = store.inbox_last_pos(ALICE, "D").await.unwrap().unwrap();
+    // Abort group commits at arbitrary points (as a dropped HTTP request would).
+    for round in 0..40u64 {
+        let batch: Vec<SendRequest> = (0..20)
+            .map(|i| {
+                request(
+                    &format!("c{round}-{i}"),
+                    vec![msg(ALICE, "D", BOB, &format!("{round}-{i}"))],
+                    vec![],
+                )
+            })
+            .collect();
+        let task = {
+            let store = store.clone();
+            tokio::spawn(async move { store.commit_sends(&batch, 1_000_000, 0).await })
+        };
+        tokio::time::sleep(Duration::from_micros(round * 50)).await;
+        task.abort();
+        let _ = task.await;
+        // The store keeps working right after the abort.
+        let ok = request(
+            &format!("ok{round}"),
+            vec![msg(ALICE, "D", BOB, &format!("ok{round}"))],
+            vec![],
+        );
+        assert!(matches!(
+            store.commit_sends(&[ok], 1_000_000, 0).await.unwrap()[0],
+            SendOutcome::Committed(_)
+        ));
+    }
+    // Whatever was committed is all-or-nothing per batch, with contiguous positions.
+    let inbox = store
+        .ack_and_fetch_inbox(ALICE, "D", start, 100_000)
+        .await
+        .unwrap();
+    assert!(inbox
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.pos == start + 1 + i as i64));
+    let bodies: Vec<String> = inbox.iter().map(|e| body(&e.content)).collect();
+    for round in 0..40 {
+        let n = bodies
+            .iter()
+            .filter(|b| b.starts_with(&format!("{round}-")))
+            .count();
+        assert!(n == 0 || n == 20, "round {round}: {n} of 20 committed");
+        assert!(bodies.contains(&format!("ok{round}")));
+        let first = format!("c{round}-0");
+        assert_eq!(store.txn_seen(&txn(BOB, &first)).await.unwrap(), n == 20);
     }
 }

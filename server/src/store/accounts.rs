@@ -3,8 +3,8 @@
 use sqlx::Row;
 
 use super::{
-    purge_device, record_device_list_change, with_pools, with_tx, Millis, RegistrationTokenRow,
-    Store, StoreError, StoreResult, UserRow,
+    purge_device, record_device_list_change, with_pools, with_tx, with_writer, Millis,
+    RegistrationTokenRow, Store, StoreError, StoreResult, UserRow,
 };
 
 impl Store {
@@ -55,7 +55,7 @@ impl Store {
 
     /// Looks up an account.
     pub async fn get_user(&self, user_id: &str) -> StoreResult<Option<UserRow>> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             let row = sqlx::query(
                 "SELECT user_id, password_hash, deactivated FROM users WHERE user_id = $1",
             )
@@ -109,7 +109,7 @@ impl Store {
 
     /// Replaces the password hash; `NotFound` if the account does not exist.
     pub async fn set_password_hash(&self, user_id: &str, hash: &str) -> StoreResult<()> {
-        with_pools!(self, |w, r, pg| {
+        with_writer!(self, |w, pg| {
             let updated = sqlx::query("UPDATE users SET password_hash = $2 WHERE user_id = $1")
                 .bind(user_id)
                 .bind(hash)
@@ -132,7 +132,7 @@ impl Store {
         row: &RegistrationTokenRow,
         now: Millis,
     ) -> StoreResult<()> {
-        with_pools!(self, |w, r, pg| {
+        with_writer!(self, |w, pg| {
             let inserted = sqlx::query(
                 "INSERT INTO registration_tokens (token, uses_allowed, completed, expiry_ts, created_ts) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (token) DO NOTHING",
@@ -155,7 +155,7 @@ impl Store {
 
     /// Lists every token, ordered by token string.
     pub async fn list_registration_tokens(&self) -> StoreResult<Vec<RegistrationTokenRow>> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             let rows = sqlx::query(
                 "SELECT token, uses_allowed, completed, expiry_ts FROM registration_tokens ORDER BY token",
             )
@@ -177,7 +177,7 @@ impl Store {
 
     /// Deletes a token; `NotFound` if unknown.
     pub async fn revoke_registration_token(&self, token: &str) -> StoreResult<()> {
-        with_pools!(self, |w, r, pg| {
+        with_writer!(self, |w, pg| {
             let deleted = sqlx::query("DELETE FROM registration_tokens WHERE token = $1")
                 .bind(token)
                 .execute(w)
@@ -193,7 +193,7 @@ impl Store {
 
     /// Whether a token is currently usable (exists, not expired, uses left).
     pub async fn registration_token_valid(&self, token: &str, now: Millis) -> StoreResult<bool> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             let found: Option<i64> = sqlx::query_scalar(
                 "SELECT completed FROM registration_tokens \
                  WHERE token = $1 AND (expiry_ts IS NULL OR expiry_ts > $2) \
@@ -216,7 +216,7 @@ impl Store {
         kind: &str,
         now: Millis,
     ) -> StoreResult<()> {
-        with_pools!(self, |w, r, pg| {
+        with_writer!(self, |w, pg| {
             let inserted = sqlx::query(
                 "INSERT INTO uia_sessions (session_id, kind, stages, params, created_ts) \
                  VALUES ($1, $2, '[]', '{}', $3) ON CONFLICT (session_id) DO NOTHING",
@@ -241,7 +241,7 @@ impl Store {
         &self,
         session_id: &str,
     ) -> StoreResult<Option<(String, Vec<String>, String)>> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             let row =
                 sqlx::query("SELECT kind, stages, params FROM uia_sessions WHERE session_id = $1")
                     .bind(session_id)
@@ -292,7 +292,7 @@ impl Store {
 
     /// Deletes a UIA session (no error if it does not exist).
     pub async fn delete_uia_session(&self, session_id: &str) -> StoreResult<()> {
-        with_pools!(self, |w, r, pg| {
+        with_writer!(self, |w, pg| {
             sqlx::query("DELETE FROM uia_sessions WHERE session_id = $1")
                 .bind(session_id)
                 .execute(w)

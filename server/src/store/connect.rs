@@ -7,7 +7,123 @@ use std::time::Duration;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use sqlx::{ConnectOptions, Connection, SqliteConnection, TransactionManager};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+
 use super::{Backend, Store, StoreError, StoreResult};
+
+/// An open SQLite write transaction on the writer connection; rolled back when dropped
+/// without [`WriteTx::commit`] (the rollback is queued on the connection, so it also happens
+/// when the owning future is cancelled).
+pub(super) struct WriteTx<'a> {
+    conn: &'a mut SqliteConnection,
+    open: bool,
+}
+
+impl WriteTx<'_> {
+    /// Commits the transaction.
+    pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
+        type Manager = <sqlx::Sqlite as sqlx::Database>::TransactionManager;
+        Manager::commit(self.conn).await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteTx<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.conn
+    }
+}
+
+impl Drop for WriteTx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            <sqlx::Sqlite as sqlx::Database>::TransactionManager::start_rollback(self.conn);
+        }
+    }
+}
+
+/// The single SQLite writer connection, reopened after a fatal connection error.
+pub(super) struct SqliteWriter {
+    /// `None` once closed.
+    conn: Mutex<Option<SqliteConnection>>,
+    /// Options to reopen it with.
+    options: SqliteConnectOptions,
+    /// Set when the connection failed fatally; the next user reopens it.
+    broken: AtomicBool,
+}
+
+impl SqliteWriter {
+    /// Waits for exclusive use of the writer connection.
+    pub(super) async fn lock(&self) -> StoreResult<MappedMutexGuard<'_, SqliteConnection>> {
+        let mut guard = self.conn.lock().await;
+        if guard.is_some() && self.broken.swap(false, Ordering::AcqRel) {
+            match self.options.connect().await {
+                Ok(conn) => *guard = Some(conn),
+                Err(e) => {
+                    self.broken.store(true, Ordering::Release);
+                    return Err(e.into());
+                }
+            }
+        }
+        MutexGuard::try_map(guard, Option::as_mut)
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))
+    }
+
+    /// Starts a write transaction (`BEGIN IMMEDIATE`) on the locked writer connection.
+    ///
+    /// A caller cancelled between `BEGIN` and its acknowledgement can leave a transaction open
+    /// that nobody owns; it is rolled back here first, so one dropped request can never wedge
+    /// the writer.
+    pub(super) async fn begin<'a>(
+        &self,
+        conn: &'a mut SqliteConnection,
+    ) -> StoreResult<WriteTx<'a>> {
+        type Manager = <sqlx::Sqlite as sqlx::Database>::TransactionManager;
+        let mut attempt = 0;
+        loop {
+            if Manager::get_transaction_depth(conn) > 0 {
+                Manager::rollback(conn)
+                    .await
+                    .inspect_err(|e| self.note_error(e))?;
+            }
+            match Manager::begin(conn, Some("BEGIN IMMEDIATE".into())).await {
+                Ok(()) => break,
+                Err(sqlx::Error::InvalidSavePointStatement) if attempt < 3 => attempt += 1,
+                Err(e) => {
+                    self.note_error(&e);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(WriteTx { conn, open: true })
+    }
+
+    /// Marks the connection for reopening if `error` means it is unusable.
+    pub(super) fn note_error(&self, error: &sqlx::Error) {
+        if matches!(error, sqlx::Error::WorkerCrashed | sqlx::Error::Io(_)) {
+            self.broken.store(true, Ordering::Release);
+        }
+    }
+
+    /// Closes the connection; later uses fail with `PoolClosed`.
+    pub(super) async fn close(&self) {
+        if let Some(conn) = self.conn.lock().await.take() {
+            let _ = conn.close().await;
+        }
+    }
+}
 
 /// Connections in the PostgreSQL pool of one process.
 const PG_MAX_CONNECTIONS: u32 = 16;
@@ -111,18 +227,27 @@ impl Store {
             })
             .foreign_keys(true)
             .busy_timeout(SQLITE_BUSY_TIMEOUT);
-        let writer = SqlitePoolOptions::new()
+        // Migrate through a short-lived one-connection pool (the migrator's future over a bare
+        // connection is not `Send`), then open the dedicated writer.
+        let migrator = SqlitePoolOptions::new()
             .max_connections(1)
-            .min_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("../migrations/sqlite").run(&writer).await?;
+        sqlx::migrate!("../migrations/sqlite")
+            .run(&migrator)
+            .await?;
+        migrator.close().await;
+        let writer = options.connect().await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(SQLITE_READERS)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
+        let writer = Arc::new(SqliteWriter {
+            conn: Mutex::new(Some(writer)),
+            options,
+            broken: AtomicBool::new(false),
+        });
         Ok(Store {
             backend: Backend::Sqlite { writer, reader },
         })

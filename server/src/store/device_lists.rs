@@ -8,7 +8,7 @@ impl Store {
     // ---- device-list changes -----------------------------------------------------------------------
     /// The current device-list stream position.
     pub async fn device_list_position(&self) -> StoreResult<i64> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             Ok(
                 sqlx::query_scalar("SELECT value FROM stream_counters WHERE name = 'device_list'")
                     .fetch_one(r)
@@ -27,7 +27,7 @@ impl Store {
         observer: &str,
         since: i64,
     ) -> StoreResult<Vec<String>> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             let pruned: i64 = sqlx::query_scalar(
                 "SELECT value FROM stream_counters WHERE name = 'device_list_pruned'",
             )

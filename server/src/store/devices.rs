@@ -3,8 +3,8 @@
 use sqlx::Row;
 
 use super::{
-    purge_device, record_device_list_change, system_now, with_pools, with_tx, DeviceRow, Millis,
-    Store, StoreError, StoreResult, TokenOwner,
+    purge_device, record_device_list_change, system_now, with_pools, with_tx, with_writer,
+    DeviceRow, Millis, Store, StoreError, StoreResult, TokenOwner,
 };
 
 /// `last_seen_*` is written at most this often per device (ms).
@@ -94,7 +94,7 @@ impl Store {
         ip: Option<&str>,
         now: Millis,
     ) -> StoreResult<Option<TokenOwner>> {
-        with_pools!(self, |w, r, pg| {
+        let found = with_pools!(self, |r, pg| {
             let row = sqlx::query(
                 "SELECT t.user_id, t.device_id, d.last_seen_ts FROM access_tokens t \
                  JOIN devices d ON d.user_id = t.user_id AND d.device_id = t.device_id \
@@ -103,15 +103,22 @@ impl Store {
             .bind(token_hash)
             .fetch_optional(r)
             .await?;
-            let Some(row) = row else {
-                return Ok(None);
-            };
-            let owner = TokenOwner {
-                user_id: row.try_get("user_id")?,
-                device_id: row.try_get("device_id")?,
-            };
-            let last_seen: Option<Millis> = row.try_get("last_seen_ts")?;
-            if last_seen.is_none_or(|t| t <= now - LAST_SEEN_GRANULARITY_MS) {
+            match row {
+                None => StoreResult::Ok(None),
+                Some(row) => Ok(Some((
+                    TokenOwner {
+                        user_id: row.try_get("user_id")?,
+                        device_id: row.try_get("device_id")?,
+                    },
+                    row.try_get::<Option<Millis>, _>("last_seen_ts")?,
+                ))),
+            }
+        })?;
+        let Some((owner, last_seen)) = found else {
+            return Ok(None);
+        };
+        if last_seen.is_none_or(|t| t <= now - LAST_SEEN_GRANULARITY_MS) {
+            with_writer!(self, |w, pg| {
                 sqlx::query(
                     "UPDATE devices SET last_seen_ts = $3, last_seen_ip = COALESCE($4, last_seen_ip) \
                      WHERE user_id = $1 AND device_id = $2",
@@ -122,14 +129,15 @@ impl Store {
                 .bind(ip)
                 .execute(w)
                 .await?;
-            }
-            Ok(Some(owner))
-        })
+                StoreResult::Ok(())
+            })?;
+        }
+        Ok(Some(owner))
     }
 
     /// Lists a user's devices, ordered by device ID.
     pub async fn list_devices(&self, user_id: &str) -> StoreResult<Vec<DeviceRow>> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             let rows = sqlx::query(
                 "SELECT device_id, display_name, last_seen_ip, last_seen_ts FROM devices \
                  WHERE user_id = $1 ORDER BY device_id",
@@ -156,7 +164,7 @@ impl Store {
         user_id: &str,
         device_id: &str,
     ) -> StoreResult<Option<DeviceRow>> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             let row = sqlx::query(
                 "SELECT device_id, display_name, last_seen_ip, last_seen_ts FROM devices \
                  WHERE user_id = $1 AND device_id = $2",
@@ -184,7 +192,7 @@ impl Store {
         device_id: &str,
         name: Option<&str>,
     ) -> StoreResult<()> {
-        with_pools!(self, |w, r, pg| {
+        with_writer!(self, |w, pg| {
             let updated = sqlx::query(
                 "UPDATE devices SET display_name = $3 WHERE user_id = $1 AND device_id = $2",
             )
@@ -243,7 +251,7 @@ impl Store {
 
     /// Device IDs of a local user (for `*` expansion and key queries), ordered.
     pub async fn device_ids(&self, user_id: &str) -> StoreResult<Vec<String>> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             Ok(sqlx::query_scalar(
                 "SELECT device_id FROM devices WHERE user_id = $1 ORDER BY device_id",
             )

@@ -7,7 +7,7 @@
 
 use sqlx::Row;
 
-use super::{with_pools, with_tx, Millis, OutboundEdu, Store, StoreResult};
+use super::{with_pools, with_tx, with_writer, Millis, OutboundEdu, Store, StoreResult};
 
 /// Per-destination delivery state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +65,7 @@ impl Store {
         now: Millis,
         limit: i64,
     ) -> StoreResult<Vec<String>> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             Ok(sqlx::query_scalar(
                 "SELECT d.destination FROM federation_destinations d \
                  WHERE d.next_attempt_ts <= $1 AND EXISTS \
@@ -85,7 +85,7 @@ impl Store {
         destination: &str,
         limit: i64,
     ) -> StoreResult<Vec<(i64, OutboundEdu)>> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             let rows = sqlx::query(
                 "SELECT id, destination, edu_type, content FROM federation_outbound \
                  WHERE destination = $1 ORDER BY id LIMIT $2",
@@ -123,7 +123,7 @@ impl Store {
 
     /// Number of EDUs waiting for any destination (for metrics).
     pub async fn outbound_total(&self) -> StoreResult<i64> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             Ok(
                 sqlx::query_scalar("SELECT COUNT(*) FROM federation_outbound")
                     .fetch_one(r)
@@ -137,7 +137,7 @@ impl Store {
         &self,
         destination: &str,
     ) -> StoreResult<Option<DestinationRow>> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             let row = sqlx::query(
                 "SELECT destination, retry_count, next_attempt_ts, last_txn_id \
                  FROM federation_destinations WHERE destination = $1",
@@ -163,7 +163,7 @@ impl Store {
         state: &DestinationRow,
         now: Millis,
     ) -> StoreResult<()> {
-        with_pools!(self, |w, r, pg| {
+        with_writer!(self, |w, pg| {
             sqlx::query(
                 "INSERT INTO federation_destinations \
                  (destination, retry_count, next_attempt_ts, last_txn_id, updated_ts) \

@@ -8,7 +8,7 @@
 
 use sqlx::Row;
 
-use super::{with_pools, with_tx, Millis, Store, StoreResult};
+use super::{with_pools, with_tx, with_writer, Millis, Store, StoreResult};
 
 /// A transaction written before it is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub struct DestinationOverview {
 impl Store {
     /// The transaction in flight to `destination`, if any.
     pub async fn federation_inflight(&self, destination: &str) -> StoreResult<Option<InflightTxn>> {
-        with_pools!(self, |w, r, pg| {
+        with_writer!(self, |w, pg| {
             let row = sqlx::query(
                 "SELECT txn_id, body, edu_ids FROM federation_txn_inflight WHERE destination = $1",
             )
@@ -67,7 +67,7 @@ impl Store {
     ) -> StoreResult<()> {
         let ids = serde_json::to_string(&txn.edu_ids).unwrap_or_else(|_| "[]".to_owned());
         let count = i64::try_from(txn.edu_ids.len()).unwrap_or(i64::MAX);
-        with_pools!(self, |w, r, pg| {
+        with_writer!(self, |w, pg| {
             sqlx::query(
                 "INSERT INTO federation_txn_inflight \
                  (destination, txn_id, body, edu_ids, edu_count, created_ts) \
@@ -133,7 +133,7 @@ impl Store {
         destination: &str,
         now: Millis,
     ) -> StoreResult<bool> {
-        with_pools!(self, |w, r, pg| {
+        with_writer!(self, |w, pg| {
             let done = sqlx::query(
                 "UPDATE federation_destinations SET retry_count = 0, next_attempt_ts = 0, \
                  updated_ts = $2 WHERE destination = $1",
@@ -149,7 +149,7 @@ impl Store {
 
     /// Every known destination with its backlog and retry state, by name.
     pub async fn federation_overview(&self) -> StoreResult<Vec<DestinationOverview>> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             let rows = sqlx::query(
                 "SELECT d.destination, d.retry_count, d.next_attempt_ts, i.txn_id, \
                  (SELECT COUNT(*) FROM federation_outbound o WHERE o.destination = d.destination) \

@@ -109,7 +109,7 @@ impl Store {
         user_id: &str,
         device_ids: &[String],
     ) -> StoreResult<BTreeMap<String, (String, Option<String>)>> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             let mut out = BTreeMap::new();
             if device_ids.is_empty() {
                 let rows = sqlx::query(
@@ -284,7 +284,7 @@ impl Store {
         user_id: &str,
         device_id: &str,
     ) -> StoreResult<BTreeMap<String, i64>> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             let rows = sqlx::query(
                 "SELECT algorithm, COUNT(*) AS n FROM one_time_keys \
                  WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm",
@@ -307,7 +307,7 @@ impl Store {
         user_id: &str,
         device_id: &str,
     ) -> StoreResult<Vec<String>> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             Ok(sqlx::query_scalar(
                 "SELECT algorithm FROM fallback_keys \
                  WHERE user_id = $1 AND device_id = $2 AND used = FALSE ORDER BY algorithm",
@@ -383,7 +383,7 @@ impl Store {
         device_id: &str,
         algorithm: &str,
     ) -> StoreResult<Option<ClaimedKey>> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             let row = sqlx::query(
                 "SELECT key_id, key_json FROM fallback_keys \
                  WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",

@@ -15,8 +15,8 @@ use sqlx::Row;
 use super::notify::{wake_payload, WakeOnCommit};
 
 use super::{
-    with_pools, with_tx, InboxEvent, Millis, OutboundEdu, SendOutcome, SendRequest, Store,
-    StoreResult, ToDeviceMessage, TxnKey,
+    with_pools, with_tx, with_writer, InboxEvent, Millis, OutboundEdu, SendOutcome, SendRequest,
+    Store, StoreResult, ToDeviceMessage, TxnKey,
 };
 
 /// Counter state of one recipient device during a group commit.
@@ -368,18 +368,22 @@ impl Store {
         pos: i64,
         limit: i64,
     ) -> StoreResult<Vec<InboxEvent>> {
-        with_pools!(self, |w, r, pg| {
-            // Only take the write path when there is something to acknowledge.
-            let stale: Option<i64> = sqlx::query_scalar(
-                "SELECT pos FROM to_device_inbox WHERE user_id = $1 AND device_id = $2 \
+        // Only take the write path when there is something to acknowledge.
+        let stale: Option<i64> = with_pools!(self, |r, pg| {
+            StoreResult::Ok(
+                sqlx::query_scalar(
+                    "SELECT pos FROM to_device_inbox WHERE user_id = $1 AND device_id = $2 \
                  AND pos <= $3 LIMIT 1",
+                )
+                .bind(user_id)
+                .bind(device_id)
+                .bind(pos)
+                .fetch_optional(r)
+                .await?,
             )
-            .bind(user_id)
-            .bind(device_id)
-            .bind(pos)
-            .fetch_optional(r)
-            .await?;
-            if stale.is_some() {
+        })?;
+        if stale.is_some() {
+            with_writer!(self, |w, pg| {
                 sqlx::query(
                     "DELETE FROM to_device_inbox WHERE user_id = $1 AND device_id = $2 AND pos <= $3",
                 )
@@ -388,7 +392,10 @@ impl Store {
                 .bind(pos)
                 .execute(w)
                 .await?;
-            }
+                StoreResult::Ok(())
+            })?;
+        }
+        with_pools!(self, |r, pg| {
             let rows = sqlx::query(
                 "SELECT pos, sender, event_type, content FROM to_device_inbox \
                  WHERE user_id = $1 AND device_id = $2 AND pos > $3 ORDER BY pos LIMIT $4",
@@ -415,7 +422,7 @@ impl Store {
     /// The last position allocated to a device's mailbox (`None` for an unknown device). A sync
     /// with nothing queued can use it as its `next_batch` position.
     pub async fn inbox_last_pos(&self, user_id: &str, device_id: &str) -> StoreResult<Option<i64>> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             Ok(sqlx::query_scalar(
                 "SELECT inbox_last_pos FROM devices WHERE user_id = $1 AND device_id = $2",
             )
@@ -428,7 +435,7 @@ impl Store {
 
     /// Number of queued messages for every device (for metrics).
     pub async fn inbox_total(&self) -> StoreResult<i64> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             Ok(sqlx::query_scalar("SELECT COUNT(*) FROM to_device_inbox")
                 .fetch_one(r)
                 .await?)
@@ -438,7 +445,7 @@ impl Store {
     // ---- idempotency --------------------------------------------------------------------------------
     /// Whether `(user, device, endpoint, txn_id)` was already committed.
     pub async fn txn_seen(&self, txn: &TxnKey) -> StoreResult<bool> {
-        with_pools!(self, |w, r, pg| {
+        with_pools!(self, |r, pg| {
             let found: Option<i64> = sqlx::query_scalar(
                 "SELECT created_ts FROM txn_ids WHERE user_id = $1 AND device_id = $2 \
                  AND endpoint = $3 AND txn_id = $4",

@@ -232,39 +232,66 @@ pub struct Store {
     backend: Backend,
 }
 
-/// The concrete pools of one backend.
+/// The concrete connections of one backend.
 #[derive(Clone)]
 enum Backend {
-    /// SQLite: one writer connection (SQLite has a single writer; one connection avoids lock
-    /// upgrades failing with `SQLITE_BUSY`) and a small pool of readers (WAL lets them run
-    /// alongside the writer).
+    /// SQLite: one dedicated writer connection behind a mutex (SQLite has a single writer; one
+    /// connection avoids lock upgrades failing with `SQLITE_BUSY`, and holding it directly
+    /// avoids the pool's per-use overhead on the hot write path) and a small pool of readers
+    /// (WAL lets them run alongside the writer).
     Sqlite {
-        writer: SqlitePool,
+        writer: std::sync::Arc<connect::SqliteWriter>,
         reader: SqlitePool,
     },
     /// PostgreSQL: one pool for everything.
     Postgres(PgPool),
 }
 
-/// Runs `$body` against the backend's pools: `$w` is the pool for writes, `$r` the pool for
-/// reads (the same pool on PostgreSQL). Inside the body the type alias `Db` names the backend's
-/// `sqlx::Database` and `$pg` says whether it is PostgreSQL. The body is compiled once per
-/// backend, so the same SQL text is type-checked against both drivers.
+/// Runs a read-only `$body` with `$r`, the pool for reads. Inside the body the type alias `Db`
+/// names the backend's `sqlx::Database` and `$pg` says whether it is PostgreSQL. The body is
+/// compiled once per backend, so the same SQL text is type-checked against both drivers; it
+/// evaluates to a `StoreResult`.
 macro_rules! with_pools {
-    ($store:expr, |$w:ident, $r:ident, $pg:ident| $body:expr) => {
+    ($store:expr, |$r:ident, $pg:ident| $body:expr) => {
         match &$store.backend {
-            $crate::store::Backend::Sqlite { writer, reader } => {
+            $crate::store::Backend::Sqlite { reader, .. } => {
                 #[allow(dead_code)]
                 type Db = sqlx::Sqlite;
                 #[allow(unused_variables)]
-                let ($w, $r, $pg) = (writer, reader, false);
+                let ($r, $pg) = (reader, false);
                 $body
             }
             $crate::store::Backend::Postgres(pool) => {
                 #[allow(dead_code)]
                 type Db = sqlx::Postgres;
                 #[allow(unused_variables)]
-                let ($w, $r, $pg) = (pool, pool, true);
+                let ($r, $pg) = (pool, true);
+                $body
+            }
+        }
+    };
+}
+
+/// Runs `$body` with `$w`, an executor for ONE autocommitted statement (the locked SQLite
+/// writer connection, or the PostgreSQL pool). Evaluates to the body's `StoreResult`.
+macro_rules! with_writer {
+    ($store:expr, |$w:ident, $pg:ident| $body:expr) => {
+        match &$store.backend {
+            $crate::store::Backend::Sqlite { writer, .. } => {
+                #[allow(dead_code)]
+                type Db = sqlx::Sqlite;
+                #[allow(unused_variables)]
+                let $pg = false;
+                let mut guard = writer.lock().await?;
+                let $w = &mut *guard;
+                $body
+            }
+            $crate::store::Backend::Postgres(pool) => {
+                #[allow(dead_code)]
+                type Db = sqlx::Postgres;
+                #[allow(unused_variables)]
+                let $pg = true;
+                let $w = pool;
                 $body
             }
         }
@@ -283,10 +310,11 @@ macro_rules! with_tx {
                 type Db = sqlx::Sqlite;
                 #[allow(unused_variables)]
                 let $pg = false;
+                let mut guard = writer.lock().await?;
                 #[allow(unused_mut)]
-                let mut $tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+                let mut $tx = writer.begin(&mut *guard).await?;
                 let out = $body;
-                $tx.commit().await?;
+                $tx.commit().await.inspect_err(|e| writer.note_error(e))?;
                 Ok(out)
             }
             $crate::store::Backend::Postgres(pool) => {
@@ -350,7 +378,7 @@ macro_rules! purge_device {
     }};
 }
 
-use {purge_device, record_device_list_change, with_pools, with_tx};
+use {purge_device, record_device_list_change, with_pools, with_tx, with_writer};
 
 impl Store {
     /// `true` for PostgreSQL, `false` for SQLite.
