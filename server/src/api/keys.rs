@@ -47,7 +47,9 @@ pub async fn claim(
     auth: AuthedDevice,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(keys::claim(&state, &auth.user_id, &body).await?))
+    Ok(Json(
+        keys::claim_as(&state, Some(&auth.user_id), &body).await?,
+    ))
 }
 
 /// Query of `GET /keys/changes`.

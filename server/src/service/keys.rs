@@ -400,11 +400,16 @@ async fn claim_local_device(
     Ok(Some(out))
 }
 
-/// `POST /keys/claim` for the authenticated `requester` (who starts watching the device lists
-/// of the local users it claimed keys of).
-pub async fn claim(
+/// `POST /keys/claim` without a local requester (the federation endpoint).
+pub async fn claim(state: &AppState, body: &Map<String, Value>) -> Result<Value, ApiError> {
+    claim_as(state, None, body).await
+}
+
+/// `POST /keys/claim`; a local `requester` starts watching the device lists of the local
+/// users it claimed keys of.
+pub async fn claim_as(
     state: &AppState,
-    requester: &str,
+    requester: Option<&str>,
     body: &Map<String, Value>,
 ) -> Result<Value, ApiError> {
     let wanted = match body.get("one_time_keys") {
@@ -442,7 +447,7 @@ pub async fn claim(
             None => {}
         }
     }
-    if !claimed_users.is_empty() {
+    if let Some(requester) = requester.filter(|_| !claimed_users.is_empty()) {
         state
             .store()
             .add_device_list_interest(requester, &claimed_users)
