@@ -172,6 +172,8 @@ impl Federation {
             },
         );
         let contact = outbound.clone();
+        let poke = outbound.clone();
+        app.set_outbound_poke(Arc::new(move || poke.poke()));
         let auth = Arc::new(InboundAuth {
             server_name: server_name.clone(),
             keys: key_cache,

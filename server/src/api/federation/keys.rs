@@ -53,7 +53,6 @@ pub async fn query(State(state): State<FedState>, request: FederationRequest) ->
 ///   ignored. Same rules as the client API: atomic one-shot claims, fallback keys, and the
 ///   `hush.x3dh_bundle` bundle claim.
 pub async fn claim(State(state): State<FedState>, request: FederationRequest) -> Response {
-    let origin = request.origin.to_string();
     let body = match body_object(request) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
@@ -66,7 +65,7 @@ pub async fn claim(State(state): State<FedState>, request: FederationRequest) ->
         "one_time_keys".into(),
         Value::Object(local_users_only(wanted, state.fed.server_name.as_str())),
     );
-    match crate::service::keys::claim(&state.app, &origin, &local).await {
+    match crate::service::keys::claim(&state.app, &local).await {
         Ok(Value::Object(mut answer)) => {
             answer.remove("failures");
             Json(Value::Object(answer)).into_response()
