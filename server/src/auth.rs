@@ -3,12 +3,15 @@
 //! Tokens come from `Authorization: Bearer <token>` or, for older clients, `?access_token=`.
 //! Only their SHA-256 is stored and looked up; the token itself is never logged.
 
-use axum::extract::{FromRequestParts, Query};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts, Query};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use crate::error::ApiError;
 use crate::service::identifiers::hash_token;
+use crate::service::now_ms;
 use crate::state::AppState;
 
 /// The authenticated user and device of a request.
@@ -43,13 +46,39 @@ fn token_of(parts: &Parts) -> Result<Option<String>, ()> {
         .filter(|t| !t.is_empty()))
 }
 
+/// The client's address for `last_seen_ip`: the peer, or with `trust_forwarded_for` the last
+/// `X-Forwarded-For` entry (the one the trusted reverse proxy added).
+fn client_ip(state: &AppState, parts: &Parts) -> Option<IpAddr> {
+    if state.config().trust_forwarded_for {
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .next_back()
+            .and_then(|last| last.trim().parse::<IpAddr>().ok());
+        if forwarded.is_some() {
+            return forwarded;
+        }
+    }
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+}
+
 async fn authenticate(state: &AppState, parts: &Parts) -> Result<AuthedDevice, ApiError> {
     let token = match token_of(parts) {
         Ok(Some(token)) => token,
         Ok(None) => return Err(ApiError::missing_token()),
         Err(()) => return Err(ApiError::unknown_token()),
     };
-    let owner = state.store().token_owner(&hash_token(&token)).await?;
+    let ip = client_ip(state, parts).map(|ip| ip.to_string());
+    let owner = state
+        .store()
+        .token_owner_seen(&hash_token(&token), ip.as_deref(), now_ms())
+        .await?;
     match owner {
         Some(owner) => Ok(AuthedDevice {
             user_id: owner.user_id,

@@ -64,6 +64,58 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// Server-server federation (see docs/federation.md).
+    pub federation: FederationConfig,
+}
+
+/// A server name pinned to a base URL (skips discovery).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerPin {
+    /// The server name as it appears in user IDs.
+    pub name: String,
+    /// Where to reach it, e.g. `https://10.0.0.2:8448`.
+    pub url: String,
+}
+
+/// `[federation]`: who we federate with, how we reach them, and the retry policy.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// Servers we federate with (`name`, `name:port` or `*.domain`); empty = all not denied.
+    pub allow: Vec<String>,
+    /// Servers refused in both directions (same forms; wins over `allow`).
+    pub deny: Vec<String>,
+    /// Server names pinned to base URLs.
+    pub servers: Vec<ServerPin>,
+    /// Extra PEM CA files trusted for outbound HTTPS.
+    pub ca_files: Vec<PathBuf>,
+    /// Validity of our published key document (seconds).
+    pub key_valid_for_secs: u64,
+    /// First wait after a failed transaction (ms).
+    pub retry_min_ms: u64,
+    /// Longest wait between attempts (ms; never more than one hour).
+    pub retry_max_ms: u64,
+    /// How often the sender looks for newly queued EDUs (ms).
+    pub poll_interval_ms: u64,
+    /// Time allowed for one outbound request (seconds).
+    pub request_timeout_secs: u64,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            servers: Vec::new(),
+            ca_files: Vec::new(),
+            key_valid_for_secs: 24 * 60 * 60,
+            retry_min_ms: 2_000,
+            retry_max_ms: 60 * 60 * 1000,
+            poll_interval_ms: 50,
+            request_timeout_secs: 30,
+        }
+    }
 }
 
 /// TLS certificate and key files (PEM).
@@ -151,6 +203,7 @@ impl Default for Config {
             limits: Limits::default(),
             rate_limits: RateLimits::default(),
             metrics: MetricsConfig::default(),
+            federation: FederationConfig::default(),
         }
     }
 }
@@ -729,6 +782,15 @@ const KEY_DOCS: &[KeyDoc] = &[
     KeyDoc { key: "metrics.enabled", doc: "Serve Prometheus metrics at /metrics." },
     KeyDoc { key: "metrics.listen", doc: "Serve /metrics only on these extra addresses (e.g. [\"127.0.0.1:9108\"]); empty = on the main listeners." },
     KeyDoc { key: "metrics.refresh_secs", doc: "How often the mailbox depth gauge is read from the database." },
+    KeyDoc { key: "federation.allow", doc: "Servers we federate with: names, name:port, or *.domain for subdomains. Empty = every server not denied." },
+    KeyDoc { key: "federation.deny", doc: "Servers refused in both directions (same forms as allow; deny wins)." },
+    KeyDoc { key: "federation.servers", doc: "Pins that bypass discovery: [{ name = \"beta.example\", url = \"https://10.0.0.2:8448\" }]." },
+    KeyDoc { key: "federation.ca_files", doc: "Extra PEM CA files trusted for outbound federation HTTPS (besides the system roots)." },
+    KeyDoc { key: "federation.key_valid_for_secs", doc: "How long our published key document is valid; peers cache it at most this long (and at most 7 days)." },
+    KeyDoc { key: "federation.retry_min_ms", doc: "Wait after the first failed transaction to a server; doubles per failure, with jitter." },
+    KeyDoc { key: "federation.retry_max_ms", doc: "Longest wait between attempts (at most one hour). Ends early when the server contacts us." },
+    KeyDoc { key: "federation.poll_interval_ms", doc: "How often the sender looks for newly queued messages." },
+    KeyDoc { key: "federation.request_timeout_secs", doc: "Time allowed for one outbound federation request." },
 ];
 
 #[cfg(test)]

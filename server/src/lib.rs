@@ -17,3 +17,4 @@ pub mod service;
 pub mod signing_key;
 pub mod state;
 pub mod store;
+pub mod xmatrix_auth;

@@ -60,10 +60,38 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// The server's federation signing key.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Replace the signing key with a new one; the old public key stays published under
+    /// old_verify_keys. Restart the server afterwards.
+    Rotate,
+}
+
+#[derive(Debug, Subcommand)]
+enum FederationCommand {
+    /// Destinations with their backlog, retry count and next attempt.
+    List,
+    /// End a destination's backoff so it is retried at once.
+    Reset {
+        /// The destination server name.
+        destination: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
+    /// The outbound federation queue.
+    Federation {
+        #[command(subcommand)]
+        command: FederationCommand,
+    },
     /// Accounts.
     User {
         #[command(subcommand)]
@@ -105,7 +133,7 @@ enum TokenCommand {
     /// Create a registration token and print it.
     Create {
         /// How many registrations it allows (default: unlimited).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
         uses: Option<i64>,
         /// Lifetime, e.g. 30m, 12h, 7d, 2w (default: never expires).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -213,22 +241,38 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let store = connect(&config).await?;
             admin_command(&config, &store, command).await
         }
+        Command::Keys {
+            command: KeysCommand::Rotate,
+        } => {
+            let config = Config::load(config_path)?;
+            let (old, new) =
+                hush_server::service::federation_keys::rotate(&config.signing_key_path)
+                    .map_err(Failure::Runtime)?;
+            println!("rotated: {old} -> {new} (restart hushd to use it)");
+            Ok(())
+        }
         Command::Config { command } => match command {
             ConfigCommand::Check => {
                 let config = Config::load(config_path)?;
-                println!("configuration OK\n{config:#?}");
+                out(&format!("configuration OK\n{config:#?}\n"));
                 Ok(())
             }
             ConfigCommand::Example => {
-                println!("{}", config::example_toml(&Config::default()));
+                out(&format!("{}\n", config::example_toml(&Config::default())));
                 Ok(())
             }
             ConfigCommand::Reference => {
-                print!("{}", config::reference_markdown());
+                out(&config::reference_markdown());
                 Ok(())
             }
         },
     }
+}
+
+/// Writes to standard output, ignoring a closed pipe (`hushd config example | head`).
+fn out(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 /// Logs to standard error; the level comes from `RUST_LOG` (else `default_level`).
@@ -237,6 +281,7 @@ fn init_logging(format: LogFormat, default_level: &str) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -290,6 +335,13 @@ async fn serve_command(config: Config, dev: bool) -> Result<(), Failure> {
         tracing::warn!("{banner}");
         eprintln!("WARNING: {banner}");
     }
+    let tls = match &config.tls {
+        Some(tls) => Some(
+            serve::load_tls(tls)
+                .map_err(|e| Failure::Usage(format!("configuration error: {e}")))?,
+        ),
+        None => None,
+    };
     if dev {
         if config.server_name.starts_with("localhost") {
             eprintln!(
@@ -309,13 +361,6 @@ async fn serve_command(config: Config, dev: bool) -> Result<(), Failure> {
             "configuration error: signing_key_path: {e} (create one with `hushd init`)"
         ))
     })?;
-    let tls = match &config.tls {
-        Some(tls) => Some(
-            serve::load_tls(tls)
-                .map_err(|e| Failure::Usage(format!("configuration error: {e}")))?,
-        ),
-        None => None,
-    };
     let store = connect(&config).await?;
     tracing::info!(
         server_name = %config.server_name,
@@ -342,6 +387,7 @@ async fn serve_command(config: Config, dev: bool) -> Result<(), Failure> {
         users: Arc::new(StateUsers(state.clone())),
         trust_forwarded_for: config.trust_forwarded_for,
         max_body: config.limits.max_request_bytes,
+        user_cache: Default::default(),
     });
     let metrics_router = {
         let metrics = metrics.clone();
@@ -362,6 +408,13 @@ async fn serve_command(config: Config, dev: bool) -> Result<(), Failure> {
         )
     };
     let mut app = hush_server::api::router(state.clone());
+    let (federation, federation_task) =
+        hush_server::service::federation_hub::Federation::start(&state, &config)
+            .map_err(|e| Failure::Usage(format!("configuration error: federation: {e}")))?;
+    app = app.merge(hush_server::api::federation::router(
+        state.clone(),
+        federation.clone(),
+    ));
     let separate_metrics = !config.metrics.listen.is_empty();
     if config.metrics.enabled && !separate_metrics {
         app = metrics_router.clone().merge(app);
@@ -380,6 +433,7 @@ async fn serve_command(config: Config, dev: bool) -> Result<(), Failure> {
     }
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let served = serve::serve(sites, tls, grace, serve::shutdown_signal()).await;
+    federation.shutdown(federation_task).await;
     state.shutdown().await;
     for task in background {
         task.abort();
@@ -484,6 +538,24 @@ async fn admin_command(
 ) -> Result<(), Failure> {
     let runtime = |e: admin::AdminError| Failure::Runtime(e.to_string());
     match command {
+        AdminCommand::Federation { command } => match command {
+            FederationCommand::List => {
+                let text = hush_server::service::federation_admin::list(store)
+                    .await
+                    .map_err(|e| Failure::Runtime(e.to_string()))?;
+                print!("{text}");
+            }
+            FederationCommand::Reset { destination } => {
+                let now = i64::try_from(hush_federation::keys::unix_millis_now()).unwrap_or(0);
+                let known = hush_server::service::federation_admin::reset(store, &destination, now)
+                    .await
+                    .map_err(|e| Failure::Runtime(e.to_string()))?;
+                if !known {
+                    return Err(Failure::Usage(format!("unknown destination {destination}")));
+                }
+                println!("reset {destination}");
+            }
+        },
         AdminCommand::User { command } => match command {
             UserCommand::Create {
                 name,
@@ -531,17 +603,13 @@ async fn admin_command(
                 expires_in,
                 token,
             } => {
-                let row = admin::create_registration_token(
-                    store,
-                    token.as_deref(),
-                    uses,
-                    expires_in.map(|d| {
-                        hush_server::service::now_ms()
-                            .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                    }),
-                )
-                .await
-                .map_err(runtime)?;
+                let expiry_ts = expires_in.map(|d| {
+                    now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                });
+                let row =
+                    admin::create_registration_token(store, token.as_deref(), uses, expiry_ts)
+                        .await
+                        .map_err(runtime)?;
                 println!("{}", row.token);
             }
             TokenCommand::List => {
@@ -615,6 +683,14 @@ fn read_password(file: Option<&Path>) -> Result<Zeroizing<String>, Failure> {
         return Err(Failure::Usage("the password is empty".into()));
     }
     Ok(line)
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// Parses `90s`, `30m`, `12h`, `7d`, `2w` (or plain seconds).

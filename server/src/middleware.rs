@@ -4,9 +4,10 @@
 //! itself, adds the CORS headers to every response) -> router -> [`route_stage`] (runs after
 //! routing, so it knows the route template; applies rate limits and labels the response).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -16,6 +17,7 @@ use axum::Router;
 use futures::future::BoxFuture;
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, StatusCode};
+use sha2::{Digest, Sha256};
 
 use crate::metrics::Metrics;
 use crate::ratelimit::{LimitKey, LimitKind, RateLimiter};
@@ -44,6 +46,58 @@ pub struct Ops {
     pub trust_forwarded_for: bool,
     /// Largest body read when a limit needs to look into it (`/login`).
     pub max_body: usize,
+    /// Recent token -> user answers.
+    pub user_cache: UserCache,
+}
+
+/// How long a token -> user answer is reused for rate-limit keys.
+const USER_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Most remembered tokens.
+const USER_CACHE_MAX: usize = 10_000;
+
+/// Remembers which user an `Authorization` header belonged to, so per-user limits do not cost a
+/// database lookup on top of the handler's own authentication. Used only to pick a rate-limit
+/// bucket (a stale entry after a logout can only charge that user's bucket; the handler still
+/// refuses the token). Keys are SHA-256 hashes of the header, never the token itself.
+#[derive(Debug, Default)]
+pub struct UserCache {
+    map: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+}
+
+impl UserCache {
+    fn get(&self, key: &[u8; 32], now: Instant) -> Option<String> {
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(key)
+            .filter(|(_, at)| now.saturating_duration_since(*at) < USER_CACHE_TTL)
+            .map(|(user, _)| user.clone())
+    }
+
+    fn put(&self, key: [u8; 32], user: String, now: Instant) {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= USER_CACHE_MAX {
+            map.retain(|_, (_, at)| now.saturating_duration_since(*at) < USER_CACHE_TTL);
+            if map.len() >= USER_CACHE_MAX {
+                map.clear();
+            }
+        }
+        map.insert(key, (user, now));
+    }
+}
+
+/// The user of a request's access token, from the cache or the [`UserLookup`].
+async fn request_user(ops: &Ops, parts: &http::request::Parts, now: Instant) -> Option<String> {
+    let key: Option<[u8; 32]> = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .map(|v| Sha256::digest(v.as_bytes()).into());
+    if let Some(user) = key.as_ref().and_then(|k| ops.user_cache.get(k, now)) {
+        return Some(user);
+    }
+    let user = ops.users.user_for_request(parts).await?;
+    if let Some(key) = key {
+        ops.user_cache.put(key, user.clone(), now);
+    }
+    Some(user)
 }
 
 /// The route template a response was produced for (set by [`route_stage`]).
@@ -238,7 +292,7 @@ async fn limit_kind(ops: &Ops, kind: LimitKind, req: Request) -> Result<Request,
         }
         LimitKind::KeysClaim | LimitKind::SendToDevice => {
             let (parts, body) = req.into_parts();
-            if let Some(user) = ops.users.user_for_request(&parts).await {
+            if let Some(user) = request_user(ops, &parts, now).await {
                 check(LimitKey::User(user))?;
             }
             Ok(Request::from_parts(parts, body))
@@ -331,6 +385,7 @@ mod tests {
             users: Arc::new(NoUsers),
             trust_forwarded_for: true,
             max_body: 1024,
+            user_cache: UserCache::default(),
         });
         let router = Router::new()
             .route(
@@ -466,6 +521,44 @@ mod tests {
                 .unwrap_or_else(|e| match e {});
             assert_eq!(r.status(), StatusCode::OK);
         }
+    }
+
+    struct Counting(std::sync::atomic::AtomicUsize);
+    impl UserLookup for Counting {
+        fn user_for_request<'a>(
+            &'a self,
+            _parts: &'a http::request::Parts,
+        ) -> BoxFuture<'a, Option<String>> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async { Some("@c:hs".to_owned()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn token_lookups_are_cached_per_header() {
+        let lookups = Arc::new(Counting(Default::default()));
+        let ops = Ops {
+            metrics: Arc::new(Metrics::new()),
+            limiter: Arc::new(RateLimiter::new(&RateLimits::default())),
+            users: lookups.clone(),
+            trust_forwarded_for: false,
+            max_body: 1024,
+            user_cache: UserCache::default(),
+        };
+        let now = Instant::now();
+        let parts = |token: &str| req(Method::PUT, "/x", "", Some(token)).into_parts().0;
+        for _ in 0..3 {
+            assert_eq!(
+                request_user(&ops, &parts("t1"), now).await.as_deref(),
+                Some("@c:hs")
+            );
+        }
+        assert_eq!(lookups.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let _ = request_user(&ops, &parts("t2"), now).await;
+        assert_eq!(lookups.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // After the TTL the lookup is repeated.
+        let _ = request_user(&ops, &parts("t1"), now + USER_CACHE_TTL).await;
+        assert_eq!(lookups.0.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::config::Config;
 use crate::service::keys::RemoteKeys;
-use crate::service::mailbox::{MailboxTask, MailboxWriter};
+use crate::service::mailbox::{MailboxTask, MailboxWriter, OutboundPoke, OutboundPokeSlot};
 use crate::service::notify::Notifier;
 use crate::service::pruner::PrunerTask;
 use crate::store::{Store, StoreError};
@@ -21,6 +21,7 @@ struct Inner {
     notifier: Notifier,
     mailbox: MailboxWriter,
     remote_keys: OnceLock<Arc<dyn RemoteKeys>>,
+    outbound_poke: OutboundPokeSlot,
     tasks: Mutex<Option<(MailboxTask, PrunerTask)>>,
 }
 
@@ -43,10 +44,12 @@ impl AppState {
     /// Like [`AppState::new`] with a given notifier (for example one that forwards wake-ups to
     /// other processes, see [`crate::service::notify::WakeBroadcast`]).
     pub fn with_notifier(config: Arc<Config>, store: Store, notifier: Notifier) -> AppState {
+        let outbound_poke = OutboundPokeSlot::default();
         let (mailbox, mailbox_task) = MailboxWriter::start(
             store.clone(),
             notifier.clone(),
             config.limits.max_mailbox_per_device,
+            outbound_poke.clone(),
         );
         let pruner = PrunerTask::start(store.clone(), &config.limits);
         AppState {
@@ -56,6 +59,7 @@ impl AppState {
                 notifier,
                 mailbox,
                 remote_keys: OnceLock::new(),
+                outbound_poke,
                 tasks: Mutex::new(Some((mailbox_task, pruner))),
             }),
         }
@@ -92,6 +96,13 @@ impl AppState {
         self.inner.remote_keys.set(remote).is_ok()
     }
 
+    /// Installs the callback that tells the federation sender new EDUs were queued by
+    /// `sendToDevice` (called after the commit). Can be set once; returns `false` if one was
+    /// already installed.
+    pub fn set_outbound_poke(&self, poke: OutboundPoke) -> bool {
+        self.inner.outbound_poke.set(poke).is_ok()
+    }
+
     /// The remote key proxy, if federation installed one.
     pub fn remote_keys(&self) -> Option<&Arc<dyn RemoteKeys>> {
         self.inner.remote_keys.get()
@@ -110,5 +121,69 @@ impl AppState {
             mailbox.shutdown().await;
             pruner.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::store::{OutboundEdu, SendOutcome, SendRequest, TxnKey};
+
+    fn request(txn: &str, remote: bool) -> SendRequest {
+        SendRequest {
+            txn: TxnKey {
+                user_id: "@a:hs".into(),
+                device_id: "D".into(),
+                endpoint: "sendToDevice/m.test".into(),
+                txn_id: txn.into(),
+            },
+            local: Vec::new(),
+            remote: if remote {
+                vec![OutboundEdu {
+                    destination: "other.example".into(),
+                    edu_type: "m.direct_to_device".into(),
+                    content: "{}".into(),
+                }]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn remote_commits_poke_the_federation_sender_and_shutdown_refuses_new_work() {
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("tempdir");
+        };
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let Ok(store) = Store::connect(&url).await else {
+            panic!("store");
+        };
+        let Ok(state) = AppState::new(Arc::new(Config::default()), store).await else {
+            panic!("state");
+        };
+        let pokes = Arc::new(AtomicUsize::new(0));
+        let counter = pokes.clone();
+        assert!(state.set_outbound_poke(Arc::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        })));
+        let local_only = state.mailbox().submit(request("t1", false)).await;
+        assert!(matches!(local_only, Ok(SendOutcome::Committed(_))));
+        assert_eq!(pokes.load(Ordering::SeqCst), 0);
+        let remote = state.mailbox().submit(request("t2", true)).await;
+        assert!(matches!(remote, Ok(SendOutcome::Committed(_))));
+        assert_eq!(pokes.load(Ordering::SeqCst), 1);
+        let replay = state.mailbox().submit(request("t2", true)).await;
+        assert!(matches!(replay, Ok(SendOutcome::Duplicate)));
+        assert_eq!(
+            pokes.load(Ordering::SeqCst),
+            1,
+            "a duplicate queues nothing"
+        );
+        state.shutdown().await;
+        let after = state.mailbox().submit(request("t3", false)).await;
+        assert!(after.is_err(), "submissions after shutdown are refused");
     }
 }

@@ -182,7 +182,9 @@ where
             }
         }
         if x.origin == auth.server_name {
-            return Err(FederationError::forbidden("Requests from ourselves are refused"));
+            return Err(FederationError::forbidden(
+                "Requests from ourselves are refused",
+            ));
         }
         if !auth.policy.allows(&x.origin) {
             tracing::info!(origin = %x.origin, "refused request from a server the policy denies");

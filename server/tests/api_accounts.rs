@@ -380,11 +380,7 @@ both_backends!(deactivated_user_cannot_log_in, |backend| async move {
             Some(json!({"type": "m.login.password", "user": "gina", "password": "pw"})),
         )
         .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    assert!(
-        body["errcode"] == "M_USER_DEACTIVATED" || body["errcode"] == "M_FORBIDDEN",
-        "{body}"
-    );
+    assert_error(status, &body, 403, "M_USER_DEACTIVATED");
 });
 
 both_backends!(tokens_header_query_missing_unknown, |backend| async move {
@@ -488,3 +484,32 @@ both_backends!(oversized_and_malformed_bodies, |backend| async move {
 
 #[allow(dead_code)]
 fn _backend_is_used(_: Backend) {}
+
+both_backends!(capabilities_and_filters, |backend| async move {
+    let s = TestServer::start(backend).await;
+    let k = s.register("kim", "pw").await;
+    let (status, body) = k.get(&format!("{V3}/capabilities")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["capabilities"].is_object(), "{body}");
+    let (status, body) = k
+        .post(
+            &format!("{V3}/user/{}/filter", k.user_id),
+            json!({"room": {"timeline": {"limit": 1}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = body["filter_id"].as_str().expect("filter_id").to_owned();
+    let (status, body) = k.get(&format!("{V3}/user/{}/filter/{id}", k.user_id)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.is_object());
+    let (status, body) = k
+        .post(
+            &format!("{V3}/user/@other:{}/filter", s.server_name),
+            json!({}),
+        )
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    // The filter is accepted by /sync and ignored.
+    let (status, _) = k.get(&format!("{V3}/sync?filter={id}")).await;
+    assert_eq!(status, StatusCode::OK);
+});

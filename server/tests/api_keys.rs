@@ -291,3 +291,50 @@ both_backends!(
         assert_eq!(unique.len(), KEYS, "no key handed out twice");
     }
 );
+
+both_backends!(
+    device_list_changes_reach_watchers_only,
+    |backend| async move {
+        let s = TestServer::start(backend).await;
+        let a = s.register("alice", "pw").await;
+        let b = s.register("bob", "pw").await;
+        let c = s.register("carol", "pw").await;
+        let b_since = b.sync(None, 0).await["next_batch"]
+            .as_str()
+            .expect("nb")
+            .to_owned();
+        let c_since = c.sync(None, 0).await["next_batch"]
+            .as_str()
+            .expect("nb")
+            .to_owned();
+        // Bob looks at alice's keys, carol does not.
+        let (status, _) = b
+            .post(
+                &format!("{V3}/keys/query"),
+                json!({"device_keys": {a.user_id.clone(): []}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let _a2 = s.login("alice", "pw", None).await;
+        let sync = b.sync(Some(&b_since), 10_000).await;
+        let changed = sync["device_lists"]["changed"].as_array().expect("changed");
+        assert!(changed.contains(&json!(a.user_id)), "{sync}");
+        let sync = c.sync(Some(&c_since), 0).await;
+        let changed = sync["device_lists"]["changed"].as_array().expect("changed");
+        assert!(!changed.contains(&json!(a.user_id)), "{sync}");
+        // keys/changes agrees, and rejects garbage tokens.
+        let (status, body) = b
+            .get(&format!("{V3}/keys/changes?from={b_since}&to={b_since}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body["changed"]
+            .as_array()
+            .expect("changed")
+            .contains(&json!(a.user_id)));
+        let (status, body) = b.get(&format!("{V3}/keys/changes?from=nope")).await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM"))
+        );
+    }
+);

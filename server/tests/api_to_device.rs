@@ -247,10 +247,7 @@ both_backends!(
         assert_eq!(rest, (5..12).collect::<Vec<u64>>());
         // Going back to an acknowledged position does not resurrect deleted messages.
         let old = b
-            .sync(
-                Some(&first["next_batch"].as_str().expect("nb").to_owned()),
-                0,
-            )
+            .sync(Some(first["next_batch"].as_str().expect("nb")), 0)
             .await;
         let old_ids: Vec<u64> = events(&old)
             .iter()
@@ -465,3 +462,59 @@ both_backends!(kill_dash_nine_while_sending, |backend| async move {
     let missing: Vec<_> = acked.difference(&unique).collect();
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
 });
+
+both_backends!(
+    remote_targets_become_one_edu_per_destination,
+    |backend| async move {
+        let s = TestServer::start(backend).await;
+        let a = s.register("alice", "pw").await;
+        let b = s.register("bob", "pw").await;
+        a.send_to_device(
+            "m.room.encrypted",
+            "fed1",
+            json!({
+                "@x:one.example": {"XDEV": {"n": 1}},
+                "@y:one.example": {"*": {"n": 2}},
+                "@z:two.example:8448": {"ZDEV": {"n": 3}},
+                b.user_id.clone(): {b.device_id.clone(): {"n": 4}},
+            }),
+        )
+        .await;
+        // The replay stores nothing more.
+        a.send_to_device(
+            "m.room.encrypted",
+            "fed1",
+            json!({"@x:one.example": {"XDEV": {"n": 1}}}),
+        )
+        .await;
+        let store = hush_server::store::Store::connect(s.database_url())
+            .await
+            .expect("store");
+        let one = store.outbound_peek("one.example", 10).await.expect("peek");
+        assert_eq!(one.len(), 1, "one EDU for both users of one.example");
+        let edu = &one[0].1;
+        assert_eq!(edu.edu_type, "m.direct_to_device");
+        let content: Value = serde_json::from_str(&edu.content).expect("json");
+        assert_eq!(content["sender"], a.user_id.as_str());
+        assert_eq!(content["type"], "m.room.encrypted");
+        assert_eq!(content["message_id"].as_str().map(str::len), Some(16));
+        assert_eq!(
+            content["messages"]["@x:one.example"]["XDEV"],
+            json!({"n": 1})
+        );
+        assert_eq!(
+            content["messages"]["@y:one.example"]["*"],
+            json!({"n": 2}),
+            "`*` expands remotely"
+        );
+        let two = store
+            .outbound_peek("two.example:8448", 10)
+            .await
+            .expect("peek");
+        assert_eq!(two.len(), 1);
+        // The local recipient got its message in the same request.
+        let got = events(&b.sync(None, 0).await);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0]["content"]["n"], 4);
+    }
+);

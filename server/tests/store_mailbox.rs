@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use hush_server::store::{
-    DestinationRow, OutboundEdu, SendOutcome, SendRequest, Store, ToDeviceMessage, TxnKey,
+    DestinationRow, KeyUpload, OutboundEdu, SendOutcome, SendRequest, Store, ToDeviceMessage,
+    TxnKey, Wakeup,
 };
 
 store_tests!(
@@ -19,6 +20,8 @@ store_tests!(
     concurrent_committers_exactly_once_in_order,
     outbound_queue,
     prune_enforces_ttls,
+    wakeups_follow_commits,
+    many_recipients_in_one_batch,
 );
 
 const ALICE: &str = "@alice:hs.test";
@@ -513,4 +516,123 @@ async fn prune_enforces_ttls(store: Store) {
     assert_eq!(store.inbox_total().await.unwrap(), 0);
     assert_eq!(store.outbound_total().await.unwrap(), 0);
     assert_eq!(store.destination_state("r.test").await.unwrap(), None);
+}
+
+async fn wakeups_follow_commits(store: Store) {
+    user_with_devices(&store, ALICE, &["D", "E"], 0).await;
+    let Some(mut listener) = store.listen_wakeups().await.unwrap() else {
+        assert!(
+            !store.is_postgres(),
+            "PostgreSQL must offer cross-process wake-ups"
+        );
+        return;
+    };
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .expect("no wake-up within 10 s")
+            .unwrap()
+    };
+    let device = |d: &str| Wakeup::Device {
+        user_id: ALICE.into(),
+        device_id: d.into(),
+    };
+    let first = request("w1", vec![msg(ALICE, "D", BOB, "1")], vec![]);
+    store
+        .commit_sends(std::slice::from_ref(&first), 10, 0)
+        .await
+        .unwrap();
+    assert_eq!(next().await, device("D"));
+    // A duplicate writes nothing and wakes nobody: the next wake-up is for E.
+    assert_eq!(
+        store.commit_sends(&[first], 10, 0).await.unwrap(),
+        vec![SendOutcome::Duplicate]
+    );
+    store
+        .commit_sends(
+            &[request("w2", vec![msg(ALICE, "E", BOB, "2")], vec![])],
+            10,
+            0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(next().await, device("E"));
+    // A claimed one-time key wakes its owner.
+    let key = KeyUpload {
+        algorithm: "signed_curve25519".into(),
+        key_id: "K".into(),
+        json: "{}".into(),
+    };
+    store
+        .add_one_time_keys(ALICE, "D", &[key], 0)
+        .await
+        .unwrap();
+    store
+        .claim_one_time_key(ALICE, "D", "signed_curve25519")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next().await, device("D"));
+}
+
+async fn many_recipients_in_one_batch(store: Store) {
+    let devices: Vec<String> = (0..300).map(|i| format!("D{i:03}")).collect();
+    let names: Vec<&str> = devices.iter().map(String::as_str).collect();
+    user_with_devices(&store, ALICE, &names, 0).await;
+    // Fill one mailbox so its head is not at the start.
+    store
+        .commit_sends(
+            &[request("pre", vec![msg(ALICE, "D007", BOB, "pre")], vec![])],
+            10,
+            0,
+        )
+        .await
+        .unwrap();
+    let mut local: Vec<ToDeviceMessage> = names.iter().map(|d| msg(ALICE, d, BOB, d)).collect();
+    local.push(msg(ALICE, "MISSING", BOB, "dropped"));
+    local.push(msg("@ghost:hs.test", "D000", BOB, "dropped"));
+    let second: Vec<ToDeviceMessage> = names
+        .iter()
+        .rev()
+        .map(|d| msg(ALICE, d, BOB, &format!("{d}-2")))
+        .collect();
+    let out = store
+        .commit_sends(
+            &[
+                request("all", local, vec![]),
+                request("again", second, vec![]),
+            ],
+            10,
+            0,
+        )
+        .await
+        .unwrap();
+    let expected: Vec<(String, String)> = devices
+        .iter()
+        .map(|d| (ALICE.to_owned(), d.clone()))
+        .collect();
+    assert_eq!(
+        out,
+        vec![
+            SendOutcome::Committed(expected.clone()),
+            SendOutcome::Committed(expected)
+        ]
+    );
+    assert_eq!(store.inbox_total().await.unwrap(), 601);
+    for d in ["D000", "D007", "D299"] {
+        let inbox = store.ack_and_fetch_inbox(ALICE, d, 0, 10).await.unwrap();
+        let bodies: Vec<_> = inbox.iter().map(|e| body(&e.content)).collect();
+        let mut want = Vec::new();
+        if d == "D007" {
+            want.push("pre".to_owned());
+        }
+        want.push(d.to_owned());
+        want.push(format!("{d}-2"));
+        assert_eq!(bodies, want);
+        assert!(inbox.windows(2).all(|w| w[1].pos == w[0].pos + 1));
+        assert_eq!(
+            store.inbox_last_pos(ALICE, d).await.unwrap(),
+            inbox.last().map(|e| e.pos)
+        );
+    }
 }

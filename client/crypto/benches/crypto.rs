@@ -17,7 +17,8 @@ fn bundle(bob: &Account) -> PreKeyBundle {
     let (spk_id, spk) = fallback.iter().next().unwrap();
     let (otk_id, otk) = otks.iter().next().unwrap();
     let value = json!({"signed_prekey": {spk_id.clone(): spk.clone()}, "one_time_key": {otk_id.clone(): otk.clone()}});
-    let keys = DeviceKeys::from_json(&bob.device_keys().unwrap(), bob.user_id(), bob.device_id()).unwrap();
+    let keys =
+        DeviceKeys::from_json(&bob.device_keys().unwrap(), bob.user_id(), bob.device_id()).unwrap();
     let claim = format!("hush.x3dh_bundle:{}", spk_id.split(':').nth(1).unwrap());
     PreKeyBundle::from_claim(&keys, &claim, &value).unwrap()
 }
@@ -46,19 +47,29 @@ fn established() -> Pair {
     let mut a_rec = SessionRecord::new(bob.user_id(), bob.device_id());
     a_rec.promote(alice.initiate_outbound(&mut rng, &b).unwrap());
     let first = a_rec.encrypt(b"hello").unwrap();
-    let IncomingMessage::PreKey(pk) = incoming(&first) else { unreachable!() };
+    let IncomingMessage::PreKey(pk) = incoming(&first) else {
+        unreachable!()
+    };
     let empty = SessionRecord::new(alice.user_id(), alice.device_id());
-    let mut b_rec = bob.accept_inbound(&mut rng, &empty, alice.user_id(), &pk, NOW).unwrap().record;
+    let mut b_rec = bob
+        .accept_inbound(&mut rng, &empty, alice.user_id(), &pk, NOW)
+        .unwrap()
+        .record;
     let reply = b_rec.encrypt(b"hi").unwrap();
     a_rec.decrypt(&mut rng, &incoming(&reply), NOW).unwrap();
-    Pair { rng, alice: a_rec, bob: b_rec }
+    Pair {
+        rng,
+        alice: a_rec,
+        bob: b_rec,
+    }
 }
 
 fn x3dh(c: &mut Criterion) {
     let (alice, bob, b, mut rng) = setup();
-    c.bench_function("x3dh_initiate (verified bundle, 4 DH + ratchet init)", |bench| {
-        bench.iter(|| black_box(alice.initiate_outbound(&mut rng, &b).unwrap()))
-    });
+    c.bench_function(
+        "x3dh_initiate (verified bundle, 4 DH + ratchet init)",
+        |bench| bench.iter(|| black_box(alice.initiate_outbound(&mut rng, &b).unwrap())),
+    );
     c.bench_function("x3dh_initiate_with_bundle_verification", |bench| {
         let keys = DeviceKeys::from_json(&bob.device_keys().unwrap(), bob.user_id(), bob.device_id()).unwrap();
         let fallback = bob.fallback_keys().unwrap();
@@ -73,17 +84,35 @@ fn x3dh(c: &mut Criterion) {
         })
     });
     let empty = SessionRecord::new(alice.user_id(), alice.device_id());
-    c.bench_function("x3dh_respond (accept_inbound incl. first decrypt)", |bench| {
-        bench.iter_batched(
-            || {
-                let mut s = alice.initiate_outbound(&mut rng, &b).unwrap();
-                let IncomingMessage::PreKey(pk) = incoming(&s.encrypt(b"first message").unwrap()) else { unreachable!() };
-                pk
-            },
-            |pk| black_box(bob.accept_inbound(&mut StdRng::seed_from_u64(1), &empty, alice.user_id(), &pk, NOW).unwrap()),
-            BatchSize::SmallInput,
-        )
-    });
+    c.bench_function(
+        "x3dh_respond (accept_inbound incl. first decrypt)",
+        |bench| {
+            bench.iter_batched(
+                || {
+                    let mut s = alice.initiate_outbound(&mut rng, &b).unwrap();
+                    let IncomingMessage::PreKey(pk) =
+                        incoming(&s.encrypt(b"first message").unwrap())
+                    else {
+                        unreachable!()
+                    };
+                    pk
+                },
+                |pk| {
+                    black_box(
+                        bob.accept_inbound(
+                            &mut StdRng::seed_from_u64(1),
+                            &empty,
+                            alice.user_id(),
+                            &pk,
+                            NOW,
+                        )
+                        .unwrap(),
+                    )
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
 }
 
 fn messages(c: &mut Criterion) {
@@ -94,19 +123,32 @@ fn messages(c: &mut Criterion) {
     group.bench_function("encrypt_decrypt_100_bytes (same chain)", |bench| {
         bench.iter(|| {
             let m = pair.alice.encrypt(&plaintext).unwrap();
-            let IncomingMessage::Normal(r) = incoming(&m) else { unreachable!() };
-            black_box(pair.bob.decrypt(&mut pair.rng, &IncomingMessage::Normal(r), NOW).unwrap())
+            let IncomingMessage::Normal(r) = incoming(&m) else {
+                unreachable!()
+            };
+            black_box(
+                pair.bob
+                    .decrypt(&mut pair.rng, &IncomingMessage::Normal(r), NOW)
+                    .unwrap(),
+            )
         })
     });
-    group.bench_function("dh_ratchet_step (ping-pong: each decrypt ratchets)", |bench| {
-        let mut flip = false;
-        bench.iter(|| {
-            let (s, r) = if flip { (&mut pair.bob, &mut pair.alice) } else { (&mut pair.alice, &mut pair.bob) };
-            flip = !flip;
-            let m = s.encrypt(&plaintext).unwrap();
-            black_box(r.decrypt(&mut pair.rng, &incoming(&m), NOW).unwrap())
-        })
-    });
+    group.bench_function(
+        "dh_ratchet_step (ping-pong: each decrypt ratchets)",
+        |bench| {
+            let mut flip = false;
+            bench.iter(|| {
+                let (s, r) = if flip {
+                    (&mut pair.bob, &mut pair.alice)
+                } else {
+                    (&mut pair.alice, &mut pair.bob)
+                };
+                flip = !flip;
+                let m = s.encrypt(&plaintext).unwrap();
+                black_box(r.decrypt(&mut pair.rng, &incoming(&m), NOW).unwrap())
+            })
+        },
+    );
     group.finish();
     let pair = established();
     c.bench_function("session_record_serialize_round_trip", |bench| {

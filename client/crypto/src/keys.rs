@@ -238,6 +238,17 @@ mod tests {
         .collect()
     }
 
+    fn assert_zeroize<T: zeroize::Zeroize>() {}
+    fn assert_zeroize_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+
+    /// P21: the dalek crates are built with their `zeroize` features (CVE-2024-34063 was these
+    /// features silently off); the impls below exist only when they are enabled.
+    #[test]
+    fn p21_dalek_zeroize_features_are_enabled() {
+        assert_zeroize::<StaticSecret>();
+        assert_zeroize_on_drop::<ed25519_dalek::SigningKey>();
+    }
+
     #[test]
     fn debug_of_secret_is_redacted() {
         let secret = Curve25519Secret::from_bytes([0x11; 32]);

@@ -203,7 +203,7 @@ mod tests {
 
     /// P7/P22: the header has a fixed length and its fields are where the spec says.
     #[test]
-    fn header_layout_is_fixed() {
+    fn p07_p22_header_layout_is_fixed() {
         let h = sample().message.header;
         let bytes = h.to_bytes();
         assert_eq!(bytes.len(), 41);
@@ -214,7 +214,7 @@ mod tests {
     }
 
     #[test]
-    fn decoders_reject_bad_input() {
+    fn p22_decoders_reject_bad_input() {
         let m = sample();
         let bytes = m.to_bytes();
         for cut in 0..PREKEY_FIXED_LEN {

@@ -244,6 +244,9 @@ impl DeviceKeys {
         if user_id != expected_user || device_id != expected_device {
             return Err(DeviceKeysError::AddressMismatch);
         }
+        if !crate::x3dh::valid_id(user_id) || !crate::x3dh::valid_id(device_id) {
+            return Err(DeviceKeysError::Malformed("identifier length"));
+        }
         let algorithms = map
             .get("algorithms")
             .and_then(Value::as_array)

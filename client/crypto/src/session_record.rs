@@ -45,7 +45,8 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
-    /// An empty record for a peer device.
+    /// An empty record for a peer device. Identifiers come from verified device keys or a
+    /// parsed prekey message, which both bound them to 1..=255 bytes.
     pub fn new(user_id: &str, device_id: &str) -> Self {
         Self {
             user_id: user_id.to_owned(),

@@ -47,7 +47,7 @@ proptest! {
     /// P13/P14: random interleavings across at least three DH steps: every message decrypts
     /// exactly once, duplicates fail without state change.
     #[test]
-    fn any_delivery_order_decrypts_every_message_once(
+    fn p13_p14_any_delivery_order_decrypts_every_message_once(
         seed in any::<u64>(),
         rounds in prop::collection::vec(1usize..6, 4..9),
     ) {
@@ -109,7 +109,7 @@ proptest! {
 
     /// P6: flipping any bit of a message fails and leaves the serialized state identical.
     #[test]
-    fn any_bit_flip_fails_without_state_change(seed in any::<u64>(), bit in any::<prop::sample::Index>(), step in any::<bool>()) {
+    fn p06_any_bit_flip_fails_without_state_change(seed in any::<u64>(), bit in any::<prop::sample::Index>(), step in any::<bool>()) {
         let mut rng = rng(seed);
         let alice = device(&mut rng, "@alice:alpha.example", "ALICE1", 0);
         let mut bob = device(&mut rng, "@bob:beta.example", "BOB1", 1);
@@ -136,7 +136,7 @@ proptest! {
 
     /// P5/P15: whatever gaps a sender produces, stored skipped keys never exceed the cap.
     #[test]
-    fn stored_skipped_keys_never_exceed_caps(seed in any::<u64>(), gaps in prop::collection::vec(0u32..1000, 1..8)) {
+    fn p05_p15_stored_skipped_keys_never_exceed_caps(seed in any::<u64>(), gaps in prop::collection::vec(0u32..1000, 1..8)) {
         let mut rng = rng(seed);
         let alice = device(&mut rng, "@alice:alpha.example", "ALICE1", 0);
         let mut bob = device(&mut rng, "@bob:beta.example", "BOB1", 1);
@@ -164,7 +164,7 @@ proptest! {
 
     /// Every decoder of untrusted bytes returns an error or a value, never panics.
     #[test]
-    fn decoders_never_panic_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..400), t in 0u8..3) {
+    fn p07_p22_decoders_never_panic_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..400), t in 0u8..3) {
         let _ = RatchetMessage::from_bytes(&bytes);
         let _ = PreKeyMessage::from_bytes(&bytes);
         let _ = IncomingMessage::from_parts(t, &bytes);

@@ -4,7 +4,6 @@ use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokio::sync::OnceCell;
 
 use crate::api::extract::ApiQuery;
 use crate::auth::AuthedDevice;
@@ -61,16 +60,6 @@ pub fn login_user(identifier: Option<&Identifier>, legacy: Option<&str>) -> ApiR
     }
 }
 
-/// A hash to verify against when the user does not exist, so unknown users and wrong
-/// passwords take the same time.
-async fn dummy_hash() -> Option<&'static str> {
-    static DUMMY: OnceCell<Option<String>> = OnceCell::const_new();
-    DUMMY
-        .get_or_init(|| async { passwords::hash(random_alphanumeric(32)).await.ok() })
-        .await
-        .as_deref()
-}
-
 /// Checks a user's password. `Ok(user_id)` if it matches; 403 `M_FORBIDDEN` for a wrong
 /// password or an unknown user alike; 403 `M_USER_DEACTIVATED` for a deactivated account.
 pub async fn check_password(state: &AppState, user: &str, password: String) -> ApiResult<String> {
@@ -82,21 +71,13 @@ pub async fn check_password(state: &AppState, user: &str, password: String) -> A
     let user_id = make_user_id(&localpart, server_name);
     let row = state.store().get_user(&user_id).await?;
     let hash = row.as_ref().and_then(|r| r.password_hash.clone());
-    match hash {
-        Some(hash) => {
-            if !passwords::verify(password, hash).await {
-                return Err(forbidden());
-            }
-        }
-        None => {
-            if let Some(dummy) = dummy_hash().await {
-                let _ = passwords::verify(password, dummy.to_owned()).await;
-            }
-            return Err(forbidden());
-        }
-    }
-    if row.is_some_and(|r| r.deactivated) {
+    let matches = passwords::verify(password, hash).await?;
+    if row.as_ref().is_some_and(|r| r.deactivated) {
+        // Deactivation clears the hash; say so instead of "wrong password" (as Synapse does).
         return Err(ApiError::user_deactivated());
+    }
+    if !matches {
+        return Err(forbidden());
     }
     Ok(user_id)
 }

@@ -44,10 +44,10 @@ pub async fn query(
 /// algorithm `hush.x3dh_bundle` (docs/api.md).
 pub async fn claim(
     State(state): State<AppState>,
-    _auth: AuthedDevice,
+    auth: AuthedDevice,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(keys::claim(&state, &body).await?))
+    Ok(Json(keys::claim(&state, &auth.user_id, &body).await?))
 }
 
 /// Query of `GET /keys/changes`.

@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod devices;
 pub mod extract;
+pub mod federation;
 pub mod keys;
 pub mod misc;
 pub mod sync;

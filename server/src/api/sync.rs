@@ -82,28 +82,33 @@ pub async fn sync(
 
     // Subscribe before the first read so a commit in between still wakes us.
     let mut subscription = state.notifier().subscribe(&auth.user_id, &auth.device_id);
+    let (answer, has_news) = build(&state, &auth, since).await?;
+    let Some(since) = since else {
+        return Ok(Json(answer)); // Initial sync: answer at once.
+    };
+    if has_news || Instant::now() >= deadline {
+        return Ok(Json(answer));
+    }
     loop {
-        let (answer, has_news) = build(&state, &auth, since).await?;
-        if has_news || since.is_none() || Instant::now() >= deadline {
-            return Ok(Json(answer));
-        }
         let woken = tokio::select! {
             w = subscription.changed() => Some(w),
             _ = tokio::time::sleep_until(deadline) => None,
         };
-        match woken {
-            // Mail or a key-count change for this device: answer with the fresh state.
-            Some(Woken::Device) => {
-                let (answer, _) = build(&state, &auth, since).await?;
-                return Ok(Json(answer));
-            }
-            // A device list changed somewhere: loop and see whether it concerns us.
-            Some(Woken::DeviceLists) => continue,
-            None => {
-                let (answer, _) = build(&state, &auth, since).await?;
-                return Ok(Json(answer));
+        if woken == Some(Woken::DeviceLists) {
+            // A device list changed somewhere: answer only if it concerns us (one cheap query
+            // per waiter instead of a whole answer).
+            let changed = state
+                .store()
+                .device_list_changes(&auth.user_id, since.device_lists)
+                .await?;
+            if changed.is_empty() {
+                continue;
             }
         }
+        // Mail or a key-count change for this device, a relevant device-list change, or the
+        // timeout: answer with the fresh state.
+        let (answer, _) = build(&state, &auth, Some(since)).await?;
+        return Ok(Json(answer));
     }
 }
 

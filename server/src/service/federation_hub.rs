@@ -142,10 +142,13 @@ impl RemoteKeys for KeyProxy {
 impl Federation {
     /// Loads the signing keys, builds the client and starts the outbound sender. Installs the
     /// remote-key proxy into `app`.
-    pub fn start(app: &AppState, config: &Config) -> Result<(Arc<Federation>, OutboundTask), String> {
+    pub fn start(
+        app: &AppState,
+        config: &Config,
+    ) -> Result<(Arc<Federation>, OutboundTask), String> {
         let fed = &config.federation;
-        let server_name = ServerName::parse(&config.server_name)
-            .map_err(|e| format!("server_name: {e}"))?;
+        let server_name =
+            ServerName::parse(&config.server_name).map_err(|e| format!("server_name: {e}"))?;
         let keys = federation_keys::load(&config.signing_key_path)?;
         let policy = Arc::new(ServerPolicy::new(&fed.allow, &fed.deny)?);
         let signing = keys.current.clone();
@@ -190,5 +193,20 @@ impl Federation {
             outbound,
         });
         Ok((federation, task))
+    }
+}
+
+impl Federation {
+    /// Stops the outbound sender (a transaction in flight stays stored for the next start) and
+    /// logs what it delivered.
+    pub async fn shutdown(&self, task: OutboundTask) {
+        self.outbound.shutdown();
+        task.join().await;
+        let (txns, edus) = self.outbound.delivered();
+        tracing::info!(
+            transactions = txns,
+            edus,
+            "federation sender delivered {txns} transactions with {edus} EDUs"
+        );
     }
 }

@@ -82,8 +82,7 @@ pub fn load(signing_key_path: &Path) -> Result<ServerKeys, String> {
 pub fn rotate(signing_key_path: &Path) -> Result<(String, String), String> {
     let keys = load(signing_key_path)?;
     let mut new = ServerSigningKey::generate_random_version();
-    while new.key_id() == keys.current.key_id()
-        || keys.old.iter().any(|o| o.key_id == new.key_id())
+    while new.key_id() == keys.current.key_id() || keys.old.iter().any(|o| o.key_id == new.key_id())
     {
         new = ServerSigningKey::generate_random_version();
     }
@@ -116,7 +115,8 @@ pub fn key_document(
     valid_for_ms: u64,
 ) -> Result<Value, String> {
     let until = unix_millis_now().saturating_add(valid_for_ms.max(1));
-    build_key_document(server_name, &[keys.current.as_ref()], &keys.old, until).map_err(|e| e.to_string())
+    build_key_document(server_name, &[keys.current.as_ref()], &keys.old, until)
+        .map_err(|e| e.to_string())
 }
 
 /// The public key of `key` in unpadded base64 (for `hushd keys` output).
@@ -134,7 +134,10 @@ mod tests {
     fn rotation_keeps_old_public_keys() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("signing.key");
-        ServerSigningKey::generate("first").unwrap().save(&path).unwrap();
+        ServerSigningKey::generate("first")
+            .unwrap()
+            .save(&path)
+            .unwrap();
         let (old_id, new_id) = rotate(&path).unwrap();
         assert_eq!(old_id, "ed25519:first");
         let (older_id, newest_id) = rotate(&path).unwrap();
@@ -157,7 +160,10 @@ mod tests {
     fn broken_old_file_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("signing.key");
-        ServerSigningKey::generate("k").unwrap().save(&path).unwrap();
+        ServerSigningKey::generate("k")
+            .unwrap()
+            .save(&path)
+            .unwrap();
         std::fs::write(old_keys_path(&path), "ed25519 x notbase64 12\n").unwrap();
         assert!(load(&path).is_err());
     }

@@ -22,7 +22,9 @@ impl Pattern {
         let entry = entry.trim();
         if let Some(suffix) = entry.strip_prefix("*.") {
             if suffix.is_empty() || suffix.contains(['*', ':']) {
-                return Err(format!("`{entry}` is not a valid wildcard (use *.example.org)"));
+                return Err(format!(
+                    "`{entry}` is not a valid wildcard (use *.example.org)"
+                ));
             }
             return Ok(Pattern::Subdomains(suffix.to_ascii_lowercase()));
         }
@@ -109,7 +111,10 @@ mod tests {
         .unwrap();
         assert!(policy.allows(&name("a.good.example")));
         assert!(policy.allows(&name("x.y.good.example:8448")));
-        assert!(!policy.allows(&name("good.example")), "wildcard is subdomains only");
+        assert!(
+            !policy.allows(&name("good.example")),
+            "wildcard is subdomains only"
+        );
         assert!(!policy.allows(&name("evilgood.example")));
         assert!(!policy.allows(&name("bad.good.example")));
         assert!(policy.allows(&name("127.0.0.3:8448")));

@@ -400,8 +400,13 @@ async fn claim_local_device(
     Ok(Some(out))
 }
 
-/// `POST /keys/claim`.
-pub async fn claim(state: &AppState, body: &Map<String, Value>) -> Result<Value, ApiError> {
+/// `POST /keys/claim` for the authenticated `requester` (who starts watching the device lists
+/// of the local users it claimed keys of).
+pub async fn claim(
+    state: &AppState,
+    requester: &str,
+    body: &Map<String, Value>,
+) -> Result<Value, ApiError> {
     let wanted = match body.get("one_time_keys") {
         Some(v) => parse_claim(v)?,
         None => return Err(ApiError::bad_json("`one_time_keys` is required")),
@@ -410,6 +415,7 @@ pub async fn claim(state: &AppState, body: &Map<String, Value>) -> Result<Value,
     let mut one_time_keys = Map::new();
     let mut failures = Map::new();
     let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut claimed_users = Vec::new();
     for (user, devices) in wanted {
         match server_of(&user) {
             Some(server) if server == server_name => {
@@ -423,6 +429,7 @@ pub async fn claim(state: &AppState, body: &Map<String, Value>) -> Result<Value,
                 }
                 // Exhausted users are omitted entirely, not `{}`.
                 if !claimed.is_empty() {
+                    claimed_users.push(user.clone());
                     one_time_keys.insert(user, Value::Object(claimed));
                 }
             }
@@ -434,6 +441,12 @@ pub async fn claim(state: &AppState, body: &Map<String, Value>) -> Result<Value,
             }
             None => {}
         }
+    }
+    if !claimed_users.is_empty() {
+        state
+            .store()
+            .add_device_list_interest(requester, &claimed_users)
+            .await?;
     }
     let timeout = timeout_of(body);
     for (server, users) in remote {

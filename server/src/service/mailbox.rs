@@ -6,6 +6,8 @@
 //! then answers each waiter. Under load many requests share one fsync; with one sender the cost
 //! is a single transaction, as without batching.
 
+use std::sync::{Arc, OnceLock};
+
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -17,6 +19,13 @@ use crate::store::{SendOutcome, SendRequest, Store};
 pub const MAX_BATCH: usize = 256;
 /// Requests that may wait for the writer before submitters are back-pressured.
 pub const QUEUE_DEPTH: usize = 4096;
+
+/// Called after a commit that queued EDUs for other servers (the federation sender's "look for
+/// work now"), installed with [`crate::state::AppState::set_outbound_poke`].
+pub type OutboundPoke = Arc<dyn Fn() + Send + Sync>;
+
+/// Where the writer finds the (possibly not yet installed) outbound poke.
+pub type OutboundPokeSlot = Arc<OnceLock<OutboundPoke>>;
 
 /// Why a submission failed.
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +68,17 @@ impl MailboxWriter {
         store: Store,
         notifier: Notifier,
         mailbox_cap: i64,
+        outbound_poke: OutboundPokeSlot,
     ) -> (MailboxWriter, MailboxTask) {
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
         let (stop, stop_rx) = watch::channel(false);
-        let handle = tokio::spawn(run(store, notifier, mailbox_cap, rx, stop_rx));
+        let writer = Writer {
+            store,
+            notifier,
+            mailbox_cap,
+            outbound_poke,
+        };
+        let handle = tokio::spawn(run(writer, rx, stop_rx));
         (MailboxWriter { jobs }, MailboxTask { stop, handle })
     }
 
@@ -87,13 +103,15 @@ impl MailboxTask {
     }
 }
 
-async fn run(
+/// What the writer task owns.
+struct Writer {
     store: Store,
     notifier: Notifier,
     mailbox_cap: i64,
-    mut rx: mpsc::Receiver<Job>,
-    mut stop: watch::Receiver<bool>,
-) {
+    outbound_poke: OutboundPokeSlot,
+}
+
+async fn run(writer: Writer, mut rx: mpsc::Receiver<Job>, mut stop: watch::Receiver<bool>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     loop {
         let first = tokio::select! {
@@ -112,24 +130,35 @@ async fn run(
                 Err(_) => break,
             }
         }
-        commit_batch(&store, &notifier, mailbox_cap, &mut batch).await;
+        commit_batch(&writer, &mut batch).await;
     }
 }
 
-async fn commit_batch(store: &Store, notifier: &Notifier, mailbox_cap: i64, batch: &mut Vec<Job>) {
+async fn commit_batch(writer: &Writer, batch: &mut Vec<Job>) {
     // Waiters that went away (client disconnected) are still committed: the client may retry
     // with the same txnId and will then get the idempotent answer.
     let (requests, replies): (Vec<SendRequest>, Vec<_>) =
         batch.drain(..).map(|j| (j.request, j.reply)).unzip();
-    match store.commit_sends(&requests, mailbox_cap, now_ms()).await {
+    let result = writer
+        .store
+        .commit_sends(&requests, writer.mailbox_cap, now_ms())
+        .await;
+    match result {
         Ok(outcomes) if outcomes.len() == replies.len() => {
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            let mut queued_remote = false;
+            for ((reply, outcome), request) in replies.into_iter().zip(outcomes).zip(&requests) {
                 if let SendOutcome::Committed(woken) = &outcome {
                     for (user_id, device_id) in woken {
-                        notifier.wake_device(user_id, device_id);
+                        writer.notifier.wake_device(user_id, device_id);
                     }
+                    queued_remote |= !request.remote.is_empty();
                 }
                 let _ = reply.send(Ok(outcome));
+            }
+            if queued_remote {
+                if let Some(poke) = writer.outbound_poke.get() {
+                    poke();
+                }
             }
         }
         Ok(outcomes) => {

@@ -1,11 +1,17 @@
 //! Domain logic and background workers behind the HTTP handlers.
 
+pub mod federation_admin;
+pub mod federation_hub;
+pub mod federation_keys;
+pub mod federation_policy;
 pub mod identifiers;
 pub mod keys;
 pub mod mailbox;
 pub mod notify;
+pub mod outbound;
 pub mod passwords;
 pub mod pruner;
+pub mod remote_keys;
 pub mod uia;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -30,9 +30,8 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::service::federation_policy::ServerPolicy;
-use crate::store::federation::DestinationRow;
 use crate::store::federation_txn::InflightTxn;
-use crate::store::{Millis, Store};
+use crate::store::{DestinationRow, Millis, Store};
 
 /// Most EDUs in one transaction (the protocol's limit).
 pub const MAX_EDUS_PER_TXN: i64 = 100;
@@ -47,8 +46,12 @@ pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send
 /// Delivers one transaction (`PUT /_matrix/federation/v1/send/{txnId}`).
 pub trait TransactionTransport: Send + Sync {
     /// Sends `body` as transaction `txn_id`; `Ok` only on a 2xx answer.
-    fn send<'a>(&'a self, destination: &'a ServerName, txn_id: &'a str, body: &'a Value)
-        -> SendFuture<'a>;
+    fn send<'a>(
+        &'a self,
+        destination: &'a ServerName,
+        txn_id: &'a str,
+        body: &'a Value,
+    ) -> SendFuture<'a>;
 }
 
 /// Retry timing.
@@ -73,12 +76,16 @@ impl Default for RetryPolicy {
 /// maximum, then scaled into `[50%, 100%]` by `jitter` (a number in `[0, 1)`) so servers that
 /// failed together do not retry in lockstep.
 pub fn retry_delay_ms(failures: u32, policy: &RetryPolicy, jitter: f64) -> u64 {
-    let cap = policy.max_ms.min(MAX_RETRY_DELAY_MS).max(1);
+    let cap = policy.max_ms.clamp(1, MAX_RETRY_DELAY_MS);
     let exp = failures.saturating_sub(1).min(40);
     let base = policy.min_ms.max(1).saturating_mul(1u64 << exp).min(cap);
     let jitter = jitter.clamp(0.0, 1.0);
     // u64 -> f64 -> u64 is exact for delays below an hour.
-    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
     let spread = ((base / 2) as f64 * jitter) as u64;
     (base - base / 2 + spread).min(cap)
 }
@@ -204,7 +211,12 @@ impl OutboundSender {
             let name = name.to_owned();
             tokio::spawn(async move {
                 let now = now_ms();
-                if let Err(e) = this.inner.store.federation_reset_destination(&name, now).await {
+                if let Err(e) = this
+                    .inner
+                    .store
+                    .federation_reset_destination(&name, now)
+                    .await
+                {
                     tracing::warn!(destination = %name, error = %e, "cannot reset backoff");
                 }
                 this.poke();
@@ -250,7 +262,12 @@ impl OutboundSender {
             if self.stopping() {
                 break;
             }
-            match self.inner.store.outbound_due_destinations(now_ms(), 1_000).await {
+            match self
+                .inner
+                .store
+                .outbound_due_destinations(now_ms(), 1_000)
+                .await
+            {
                 Ok(due) => {
                     for destination in due {
                         self.ensure_task(destination);

@@ -258,8 +258,8 @@ impl RemoteKeyCache {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use hush_federation::keys::{build_key_document, OldVerifyKey, ServerSigningKey};
     use hush_federation::keys::verify_key_document;
+    use hush_federation::keys::{build_key_document, OldVerifyKey, ServerSigningKey};
     use serde_json::Value;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -289,27 +289,53 @@ mod tests {
         (served, cache, ServerName::parse("remote.example").unwrap())
     }
 
-    fn publish(served: &Served, name: &ServerName, keys: &[&ServerSigningKey], old: &[OldVerifyKey], until: u64) {
+    fn publish(
+        served: &Served,
+        name: &ServerName,
+        keys: &[&ServerSigningKey],
+        old: &[OldVerifyKey],
+        until: u64,
+    ) {
         let doc = build_key_document(name, keys, old, until).unwrap();
         *served.document.lock().unwrap() = Some(doc);
     }
 
     #[tokio::test]
     async fn caches_until_valid_and_refetches_unknown_ids() {
-        let policy = KeyCachePolicy { min_refetch_ms: 0, ..KeyCachePolicy::default() };
+        let policy = KeyCachePolicy {
+            min_refetch_ms: 0,
+            ..KeyCachePolicy::default()
+        };
         let (served, cache, name) = setup(policy);
         let first = ServerSigningKey::generate("one").unwrap();
         publish(&served, &name, &[&first], &[], unix_millis_now() + 60_000);
         let got = cache.key(&name, &first.key_id()).await.unwrap();
         assert_eq!(got, first.verifying_key());
         cache.key(&name, &first.key_id()).await.unwrap();
-        assert_eq!(served.fetches.load(Ordering::SeqCst), 1, "second lookup is cached");
+        assert_eq!(
+            served.fetches.load(Ordering::SeqCst),
+            1,
+            "second lookup is cached"
+        );
 
         // Rotation: a new key id makes the cache refetch; the old key is now expired.
         let second = ServerSigningKey::generate("two").unwrap();
-        let old = OldVerifyKey { key_id: first.key_id(), key: first.verifying_key(), expired_ts: 1 };
-        publish(&served, &name, &[&second], &[old], unix_millis_now() + 60_000);
-        assert_eq!(cache.key(&name, &second.key_id()).await.unwrap(), second.verifying_key());
+        let old = OldVerifyKey {
+            key_id: first.key_id(),
+            key: first.verifying_key(),
+            expired_ts: 1,
+        };
+        publish(
+            &served,
+            &name,
+            &[&second],
+            &[old],
+            unix_millis_now() + 60_000,
+        );
+        assert_eq!(
+            cache.key(&name, &second.key_id()).await.unwrap(),
+            second.verifying_key()
+        );
         assert_eq!(served.fetches.load(Ordering::SeqCst), 2);
         assert!(matches!(
             cache.key(&name, &first.key_id()).await,
@@ -341,12 +367,22 @@ mod tests {
             Err(KeyLookupError::Unavailable { .. })
         ));
         assert!(cache.key(&name, "ed25519:one").await.is_err());
-        assert_eq!(served.fetches.load(Ordering::SeqCst), 1, "second try is inside the backoff");
+        assert_eq!(
+            served.fetches.load(Ordering::SeqCst),
+            1,
+            "second try is inside the backoff"
+        );
 
         // A document that has already expired is refused.
         let (served, cache, name) = setup(KeyCachePolicy::default());
         let key = ServerSigningKey::generate("one").unwrap();
-        publish(&served, &name, &[&key], &[], unix_millis_now().saturating_sub(1));
+        publish(
+            &served,
+            &name,
+            &[&key],
+            &[],
+            unix_millis_now().saturating_sub(1),
+        );
         assert!(matches!(
             cache.key(&name, &key.key_id()).await,
             Err(KeyLookupError::Unavailable { .. })

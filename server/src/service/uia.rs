@@ -30,8 +30,9 @@ pub struct Uia {
     flows: Vec<Vec<&'static str>>,
 }
 
-/// A stage the client submitted, to be validated by the handler.
-#[derive(Debug, Clone)]
+/// A stage the client submitted, to be validated by the handler. Its `Debug` output leaves out
+/// `auth` and `params` (passwords, registration tokens).
+#[derive(Clone)]
 pub struct SubmittedStage {
     /// Session ID (created implicitly if the client sent none).
     pub session: String,
@@ -43,6 +44,16 @@ pub struct SubmittedStage {
     pub completed: Vec<String>,
     /// Parameters stored with the session so far.
     pub params: Map<String, Value>,
+}
+
+impl std::fmt::Debug for SubmittedStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubmittedStage")
+            .field("session", &self.session)
+            .field("stage", &self.stage)
+            .field("completed", &self.completed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Uia {
@@ -218,5 +229,29 @@ impl Uia {
         if let Err(e) = self.store.delete_uia_session(session).await {
             tracing::warn!(error = %e, "could not delete a finished UIA session");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_secrets() {
+        let mut auth = Map::new();
+        auth.insert("password".into(), Value::from("hunter2-secret"));
+        let mut params = Map::new();
+        params.insert("registration_token".into(), Value::from("tok-secret"));
+        let stage = SubmittedStage {
+            session: "S".into(),
+            stage: PASSWORD.into(),
+            auth,
+            completed: vec![],
+            params,
+        };
+        let shown = format!("{stage:?}");
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
+        assert!(!shown.contains("tok-secret"), "{shown}");
+        assert!(shown.contains("m.login.password"));
     }
 }

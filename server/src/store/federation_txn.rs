@@ -60,7 +60,11 @@ impl Store {
     }
 
     /// Records a transaction before its first attempt (replacing none: one per destination).
-    pub async fn federation_save_inflight(&self, txn: &InflightTxn, now: Millis) -> StoreResult<()> {
+    pub async fn federation_save_inflight(
+        &self,
+        txn: &InflightTxn,
+        now: Millis,
+    ) -> StoreResult<()> {
         let ids = serde_json::to_string(&txn.edu_ids).unwrap_or_else(|_| "[]".to_owned());
         let count = i64::try_from(txn.edu_ids.len()).unwrap_or(i64::MAX);
         with_pools!(self, |w, r, pg| {

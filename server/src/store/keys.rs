@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use sqlx::Row;
 
+use super::notify::{wake_payload, WakeOnCommit};
+
 use super::{
     record_device_list_change, with_pools, with_tx, ClaimedKey, KeyUpload, Millis,
     OtkUploadOutcome, Store, StoreError, StoreResult,
@@ -52,6 +54,7 @@ macro_rules! claim_otk {
                     .bind($now)
                     .execute(&mut *$tx)
                     .await?;
+                WakeOnCommit::wake_on_commit(&mut *$tx, &[wake_payload($user, $device)]).await?;
                 Some(ClaimedKey {
                     full_id: format!("{}:{}", $algorithm, key_id),
                     json: key_json,

@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sqlx::Row;
 
+use super::notify::{wake_payload, WakeOnCommit};
+
 use super::{
     with_pools, with_tx, InboxEvent, Millis, OutboundEdu, SendOutcome, SendRequest, Store,
     StoreResult, ToDeviceMessage, TxnKey,
@@ -34,14 +36,65 @@ struct InboxRow<'a> {
     message: &'a ToDeviceMessage,
 }
 
-/// Backend-specific bulk insert of mailbox rows.
-trait InboxInsert {
+/// The backend-specific steps of a group commit: SQLite runs one cached statement per row
+/// (in-process, that is the fastest form); PostgreSQL sends each step as one statement over
+/// arrays, so a batch costs a fixed number of round trips whatever its size.
+trait MailboxOps {
+    /// For each existing recipient device (`recipients` sorted, unknown devices left out):
+    /// `(index into recipients, last allocated position, first queued position)`. On PostgreSQL
+    /// the device rows are locked (`FOR NO KEY UPDATE`, in sorted order, so concurrent group
+    /// commits cannot deadlock) BEFORE the first queued position is read, by a later statement
+    /// with a fresh snapshot.
+    async fn load_heads(
+        &mut self,
+        recipients: &[(&str, &str)],
+    ) -> Result<Vec<(usize, i64, Option<i64>)>, sqlx::Error>;
+
+    /// Sets `inbox_last_pos` of each `(user, device, last)`.
+    async fn store_heads(&mut self, heads: &[(&str, &str, i64)]) -> Result<(), sqlx::Error>;
+
     /// Inserts `rows` with `created_ts = now`.
     async fn insert_inbox(&mut self, rows: &[InboxRow<'_>], now: Millis)
         -> Result<(), sqlx::Error>;
 }
 
-impl InboxInsert for sqlx::SqliteConnection {
+impl MailboxOps for sqlx::SqliteConnection {
+    async fn load_heads(
+        &mut self,
+        recipients: &[(&str, &str)],
+    ) -> Result<Vec<(usize, i64, Option<i64>)>, sqlx::Error> {
+        let mut out = Vec::with_capacity(recipients.len());
+        for (i, &(user_id, device_id)) in recipients.iter().enumerate() {
+            let row = sqlx::query(
+                "SELECT inbox_last_pos, (SELECT MIN(pos) FROM to_device_inbox i \
+                 WHERE i.user_id = d.user_id AND i.device_id = d.device_id) AS first_pos \
+                 FROM devices d WHERE d.user_id = $1 AND d.device_id = $2",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .fetch_optional(&mut *self)
+            .await?;
+            if let Some(row) = row {
+                out.push((i, row.try_get("inbox_last_pos")?, row.try_get("first_pos")?));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn store_heads(&mut self, heads: &[(&str, &str, i64)]) -> Result<(), sqlx::Error> {
+        for &(user_id, device_id, last) in heads {
+            sqlx::query(
+                "UPDATE devices SET inbox_last_pos = $3 WHERE user_id = $1 AND device_id = $2",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .bind(last)
+            .execute(&mut *self)
+            .await?;
+        }
+        Ok(())
+    }
+
     /// One cached prepared statement per row: in-process SQLite makes this the fastest form.
     async fn insert_inbox(
         &mut self,
@@ -68,7 +121,78 @@ impl InboxInsert for sqlx::SqliteConnection {
     }
 }
 
-impl InboxInsert for sqlx::PgConnection {
+impl MailboxOps for sqlx::PgConnection {
+    async fn load_heads(
+        &mut self,
+        recipients: &[(&str, &str)],
+    ) -> Result<Vec<(usize, i64, Option<i64>)>, sqlx::Error> {
+        let users: Vec<&str> = recipients.iter().map(|r| r.0).collect();
+        let devices: Vec<&str> = recipients.iter().map(|r| r.1).collect();
+        // Lock first (ORDER BY is applied before the rows are locked).
+        let locked = sqlx::query(
+            "SELECT user_id, device_id, inbox_last_pos FROM devices \
+             WHERE (user_id, device_id) IN (SELECT u, d FROM UNNEST($1::text[], $2::text[]) AS x(u, d)) \
+             ORDER BY user_id, device_id FOR NO KEY UPDATE",
+        )
+        .bind(&users)
+        .bind(&devices)
+        .fetch_all(&mut *self)
+        .await?;
+        let mut last = HashMap::with_capacity(locked.len());
+        for row in &locked {
+            let user_id: String = row.try_get("user_id")?;
+            let device_id: String = row.try_get("device_id")?;
+            last.insert(
+                (user_id, device_id),
+                row.try_get::<i64, _>("inbox_last_pos")?,
+            );
+        }
+        // Then read the queue heads with a snapshot taken after the locks were granted.
+        let firsts = sqlx::query(
+            "SELECT x.n, (SELECT MIN(i.pos) FROM to_device_inbox i \
+             WHERE i.user_id = x.u AND i.device_id = x.d) AS first_pos \
+             FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS x(u, d, n)",
+        )
+        .bind(&users)
+        .bind(&devices)
+        .fetch_all(&mut *self)
+        .await?;
+        let mut out = Vec::with_capacity(last.len());
+        for row in &firsts {
+            let n: i64 = row.try_get("n")?;
+            let Some(i) = usize::try_from(n - 1).ok() else {
+                continue;
+            };
+            let Some(&(user_id, device_id)) = recipients.get(i) else {
+                continue;
+            };
+            if let Some(&pos) = last.get(&(user_id.to_owned(), device_id.to_owned())) {
+                out.push((i, pos, row.try_get("first_pos")?));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn store_heads(&mut self, heads: &[(&str, &str, i64)]) -> Result<(), sqlx::Error> {
+        if heads.is_empty() {
+            return Ok(());
+        }
+        let users: Vec<&str> = heads.iter().map(|h| h.0).collect();
+        let devices: Vec<&str> = heads.iter().map(|h| h.1).collect();
+        let positions: Vec<i64> = heads.iter().map(|h| h.2).collect();
+        sqlx::query(
+            "UPDATE devices SET inbox_last_pos = x.p \
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS x(u, d, p) \
+             WHERE devices.user_id = x.u AND devices.device_id = x.d",
+        )
+        .bind(users)
+        .bind(devices)
+        .bind(positions)
+        .execute(&mut *self)
+        .await?;
+        Ok(())
+    }
+
     /// One statement for the whole batch (arrays unnested server-side): one round trip.
     async fn insert_inbox(
         &mut self,
@@ -132,30 +256,15 @@ impl Store {
             .map(|m| (m.user_id.as_str(), m.device_id.as_str()))
             .collect();
         with_tx!(self, |tx, pg| {
-            let lock_sql = if pg {
-                "SELECT inbox_last_pos FROM devices WHERE user_id = $1 AND device_id = $2 \
-                 FOR NO KEY UPDATE"
-            } else {
-                "SELECT inbox_last_pos FROM devices WHERE user_id = $1 AND device_id = $2"
-            };
+            let recipients: Vec<(&str, &str)> = recipients.into_iter().collect();
             let mut heads: HashMap<(&str, &str), Head> = HashMap::new();
-            for &(user_id, device_id) in &recipients {
-                let last: Option<i64> = sqlx::query_scalar(lock_sql)
-                    .bind(user_id)
-                    .bind(device_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some(last) = last else { continue };
-                let first: Option<i64> = sqlx::query_scalar(
-                    "SELECT MIN(pos) FROM to_device_inbox WHERE user_id = $1 AND device_id = $2",
-                )
-                .bind(user_id)
-                .bind(device_id)
-                .fetch_one(&mut *tx)
-                .await?;
+            for (i, last, first) in MailboxOps::load_heads(&mut *tx, &recipients).await? {
+                let Some(&key) = recipients.get(i) else {
+                    continue;
+                };
                 let len = first.map_or(0, |first| last - first + 1);
                 heads.insert(
-                    (user_id, device_id),
+                    key,
                     Head {
                         last,
                         len,
@@ -232,17 +341,19 @@ impl Store {
                 ));
             }
 
-            InboxInsert::insert_inbox(&mut *tx, &rows, now).await?;
-            for (&(user_id, device_id), head) in heads.iter().filter(|(_, h)| h.dirty) {
-                sqlx::query(
-                    "UPDATE devices SET inbox_last_pos = $3 WHERE user_id = $1 AND device_id = $2",
-                )
-                .bind(user_id)
-                .bind(device_id)
-                .bind(head.last)
-                .execute(&mut *tx)
-                .await?;
-            }
+            MailboxOps::insert_inbox(&mut *tx, &rows, now).await?;
+            let woken: Vec<String> = heads
+                .iter()
+                .filter(|(_, h)| h.dirty)
+                .map(|((user_id, device_id), _)| wake_payload(user_id, device_id))
+                .collect();
+            WakeOnCommit::wake_on_commit(&mut *tx, &woken).await?;
+            let advanced: Vec<(&str, &str, i64)> = heads
+                .iter()
+                .filter(|(_, h)| h.dirty)
+                .map(|(&(user_id, device_id), h)| (user_id, device_id, h.last))
+                .collect();
+            MailboxOps::store_heads(&mut *tx, &advanced).await?;
             super::federation::enqueue_edus!(tx, edus, now);
             outcomes
         })

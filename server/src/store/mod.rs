@@ -7,18 +7,46 @@
 //! CONTRACT between the data layer and the HTTP layer. The method list below is the agreed
 //! interface; bodies are filled in by the data-layer work. Signatures may grow (new methods,
 //! new optional fields) but existing ones change only by agreement.
+//!
+//! # How it works
+//! * **Backends**: concrete pools, no `Any` driver. Each method's body is written once and
+//!   compiled for both drivers (`with_pools!` / `with_tx!`), so the same SQL text is checked
+//!   against SQLite and PostgreSQL; the few dialect differences (`FOR UPDATE SKIP LOCKED`,
+//!   `FOR NO KEY UPDATE`, PostgreSQL's `UNNEST` bulk insert) are spelled out where they occur.
+//!   Migrations live in `migrations/sqlite` and `migrations/postgres` and run in
+//!   [`Store::connect`].
+//! * **SQLite**: WAL, foreign keys on, 10 s busy timeout, one writer connection (write
+//!   transactions start with `BEGIN IMMEDIATE`) plus four readers. Durability is
+//!   `synchronous = NORMAL` by default: a commit reaches the WAL file before `Ok` is returned, so
+//!   it survives a crash or `kill -9` of the server process, but not necessarily a power loss;
+//!   `sqlite://PATH?synchronous=full` adds an fsync per (group) commit. See [`SqliteSync`].
+//! * **PostgreSQL**: everything that matters is in the database, so several processes can
+//!   share one database: mailbox positions and device-list positions come from counter rows
+//!   locked inside the writing transaction (never from sequences, whose values can become
+//!   visible out of order), one-time keys are claimed with `SKIP LOCKED`, and idempotency is a
+//!   primary key checked inside the send transaction.
+//! * **Bounds**: mailboxes are capped per device (`commit_sends`' `mailbox_cap`), one-time keys
+//!   per device ([`MAX_ONE_TIME_KEYS_PER_DEVICE`]), fallback keys and in-flight federation
+//!   transactions to one per device/algorithm and destination; everything time-based
+//!   (messages, outbound EDUs, txn IDs, UIA sessions, claimed-key memory, device-list stream
+//!   and interests, idle destinations) is deleted by [`Store::prune`]; everything per device is
+//!   deleted with the device.
 
 mod accounts;
 mod connect;
 mod device_lists;
 mod devices;
 mod federation;
+pub mod federation_txn;
 mod keys;
 mod mailbox;
+mod notify;
 mod retention;
 
 pub use connect::SqliteSync;
 pub use federation::DestinationRow;
+pub use keys::MAX_ONE_TIME_KEYS_PER_DEVICE;
+pub use notify::{WakeListener, Wakeup, WAKE_CHANNEL};
 pub use retention::PruneCutoffs;
 
 use sqlx::{PgPool, SqlitePool};

@@ -9,6 +9,8 @@
 //!   the same server on the same database. The process is killed and the database dropped when
 //!   the value is dropped (also when a test panics).
 //! * [`Client`] wraps one logged-in device with JSON helpers returning `(status, body)`.
+//! * Debug aid: with `HUSH_API_TEST_INPROCESS=1` the router runs inside the test process instead
+//!   of the binary (no ops middleware; "kill -9" drops its runtime). The default is the binary.
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
 use std::net::TcpListener;
@@ -142,6 +144,7 @@ pub struct TestServer {
     /// HTTP client with keep-alive.
     pub http: reqwest::Client,
     child: Option<Child>,
+    in_process: Option<InProcess>,
     config_path: PathBuf,
     log_path: PathBuf,
     db: Database,
@@ -179,6 +182,7 @@ impl TestServer {
             key = dir.path().join("signing.key").display(),
             limits = options.limits.join("\n"),
         );
+        hush_server::signing_key::generate(&dir.path().join("signing.key")).expect("signing key");
         let config_path = dir.path().join("hushd.toml");
         std::fs::write(&config_path, config).expect("write config");
         let http = reqwest::Client::builder()
@@ -191,6 +195,7 @@ impl TestServer {
             backend,
             http,
             child: None,
+            in_process: None,
             log_path: dir.path().join("hushd.log"),
             config_path,
             db,
@@ -201,6 +206,11 @@ impl TestServer {
     }
 
     async fn spawn(&mut self) {
+        if std::env::var_os("HUSH_API_TEST_INPROCESS").is_some() {
+            self.in_process = Some(InProcess::start(&self.config_path));
+            self.wait_ready().await;
+            return;
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -245,6 +255,9 @@ impl TestServer {
 
     /// Kills the process with SIGKILL (no graceful shutdown) and waits for it.
     pub fn kill9(&mut self) {
+        if let Some(server) = self.in_process.take() {
+            server.crash();
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -454,4 +467,50 @@ pub fn device_keys(client: &Client) -> Value {
 /// A signed one-time key object with a recognisable key.
 pub fn otk(key: &str) -> Value {
     json!({ "key": key, "signatures": {"@x:y": {"ed25519:D": "sig"}} })
+}
+
+/// Debug aid while the `hushd` binary is not wired yet (`HUSH_API_TEST_INPROCESS=1`): the API
+/// router on its own runtime thread; "crashing" drops the runtime without any shutdown.
+struct InProcess {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InProcess {
+    fn start(config_path: &std::path::Path) -> InProcess {
+        let text = std::fs::read_to_string(config_path).expect("config");
+        let config: hush_server::config::Config = toml::from_str(&text).expect("config parses");
+        let (stop, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.spawn(async move {
+                let store = hush_server::store::Store::connect(&config.database_url)
+                    .await
+                    .expect("store");
+                let addr = config.listen[0];
+                let state = hush_server::state::AppState::new(std::sync::Arc::new(config), store)
+                    .await
+                    .expect("state");
+                let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+                let _ = axum::serve(listener, hush_server::api::router(state)).await;
+            });
+            let _ = stop_rx.recv();
+            rt.shutdown_background();
+        });
+        InProcess {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn crash(mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

@@ -89,11 +89,7 @@ pub enum Db {
 /// Creates a uniquely named PostgreSQL database and returns its URL.
 pub async fn fresh_postgres() -> String {
     use sqlx::Connection;
-    let name = format!(
-        "hush_fed_{}_{}",
-        std::process::id(),
-        rand::random::<u32>()
-    );
+    let name = format!("hush_fed_{}_{}", std::process::id(), rand::random::<u32>());
     let mut conn = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
         .await
         .expect("PostgreSQL on 127.0.0.1:5432");
@@ -105,7 +101,11 @@ pub async fn fresh_postgres() -> String {
 }
 
 fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A registered user with a logged-in device.
@@ -135,12 +135,25 @@ pub struct TestServer {
 }
 
 /// Federation settings for fast tests: short backoffs, quick polling.
-pub const FAST_FEDERATION: &str = "retry_min_ms = 200\nretry_max_ms = 1000\npoll_interval_ms = 20\n";
+pub const FAST_FEDERATION: &str =
+    "retry_min_ms = 200\nretry_max_ms = 1000\npoll_interval_ms = 20\n";
 
 impl TestServer {
     /// Writes a config for `ip` and starts the server; `federation_extra` is appended to the
     /// `[federation]` section.
     pub async fn start(ca: &TestCa, ip: &str, db: Db, federation_extra: &str) -> TestServer {
+        Self::start_with(ca, ip, db, federation_extra, "").await
+    }
+
+    /// Like [`TestServer::start`] with `sections` (whole TOML sections such as `[limits]`)
+    /// appended after `[federation]`.
+    pub async fn start_with(
+        ca: &TestCa,
+        ip: &str,
+        db: Db,
+        federation_extra: &str,
+        sections: &str,
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port(ip);
         let name = format!("{ip}:{port}");
@@ -171,6 +184,7 @@ enabled = false
 [federation]
 ca_files = ["{ca}"]
 {fast}{federation_extra}
+{sections}
 "#,
             fast = FAST_FEDERATION
                 .lines()
@@ -229,7 +243,11 @@ ca_files = ["{ca}"]
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("hushd exited with {status}; log:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "hushd did not start; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "hushd did not start; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -337,15 +355,26 @@ ca_files = ["{ca}"]
     }
 
     /// One `/sync`; returns the to-device events and `next_batch`.
-    pub async fn sync(&self, user: &TestUser, since: Option<&str>, timeout_ms: u64) -> (Vec<Value>, String) {
+    pub async fn sync(
+        &self,
+        user: &TestUser,
+        since: Option<&str>,
+        timeout_ms: u64,
+    ) -> (Vec<Value>, String) {
         let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
         if let Some(since) = since {
             path.push_str(&format!("&since={since}"));
         }
         let (status, body) = self.call(user, reqwest::Method::GET, &path, None).await;
         assert_eq!(status, 200, "sync: {body}");
-        let events = body["to_device"]["events"].as_array().cloned().unwrap_or_default();
-        (events, body["next_batch"].as_str().unwrap_or_default().to_owned())
+        let events = body["to_device"]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        (
+            events,
+            body["next_batch"].as_str().unwrap_or_default().to_owned(),
+        )
     }
 
     /// Syncs until `count` events arrived in total or `wait` passed; returns all events

@@ -92,7 +92,10 @@ pub async fn user_devices(
         return Err(not_here());
     }
     let devices = store.list_devices(&user_id).await.map_err(internal)?;
-    let keys = store.get_device_keys(&user_id, &[]).await.map_err(internal)?;
+    let keys = store
+        .get_device_keys(&user_id, &[])
+        .await
+        .map_err(internal)?;
     let stream_id = store.device_list_position().await.map_err(internal)?;
     let devices: Vec<Value> = devices
         .into_iter()

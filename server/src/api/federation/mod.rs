@@ -39,13 +39,25 @@ pub fn router(app: AppState, fed: Arc<Federation>) -> Router {
     Router::new()
         .route("/_matrix/key/v2/server", get(server_keys::server_keys))
         .route("/_matrix/key/v2/server/", get(server_keys::server_keys))
-        .route("/_matrix/key/v2/server/{key_id}", get(server_keys::server_keys_by_id))
+        .route(
+            "/_matrix/key/v2/server/{key_id}",
+            get(server_keys::server_keys_by_id),
+        )
         .route("/_matrix/federation/v1/version", get(server_keys::version))
-        .route("/_matrix/federation/v1/send/{txn_id}", put(send::send_transaction))
-        .route("/_matrix/federation/v1/send/{txn_id}/", put(send::send_transaction))
+        .route(
+            "/_matrix/federation/v1/send/{txn_id}",
+            put(send::send_transaction),
+        )
+        .route(
+            "/_matrix/federation/v1/send/{txn_id}/",
+            put(send::send_transaction),
+        )
         .route("/_matrix/federation/v1/user/keys/query", post(keys::query))
         .route("/_matrix/federation/v1/user/keys/claim", post(keys::claim))
-        .route("/_matrix/federation/v1/user/devices/{user_id}", get(keys::user_devices))
+        .route(
+            "/_matrix/federation/v1/user/devices/{user_id}",
+            get(keys::user_devices),
+        )
         .with_state(FedState { app, fed })
 }
 
