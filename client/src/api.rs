@@ -633,6 +633,7 @@ fn pick_flow(uia: &Value, have_token: bool) -> Option<Vec<String>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

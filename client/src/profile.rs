@@ -103,6 +103,7 @@ pub fn read_password(file: Option<&Path>, prompt: &str) -> Result<Zeroizing<Stri
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
