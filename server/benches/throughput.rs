@@ -144,6 +144,27 @@ impl Bench {
     }
 }
 
+/// `(VmRSS, VmHWM)` of a process in MB.
+fn memory_mb(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Prints the memory of hushd after a phase (to standard error, as a diagnostic).
+fn phase_done(pid: u32, phase: &str) {
+    let (rss, hwm) = memory_mb(pid);
+    eprintln!("  {phase:<28} hushd RSS {rss:7.1} MB, peak {hwm:7.1} MB");
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -226,6 +247,7 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
     });
     let mut rows = Vec::new();
 
+    phase_done(server.pid(), "started");
     let receiver = bench.register("receiver").await?;
     let mut senders = Vec::new();
     for i in 0..SENDERS {
@@ -233,6 +255,7 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
     }
 
     // 1. Sends, one sender then sixteen.
+    phase_done(server.pid(), "registered 17 accounts");
     let one = send_phase(&bench, &senders[..1], &receiver, n, "one").await?;
     rows.push(Row {
         metric: "sends/s, 1 sender",
@@ -240,6 +263,7 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
         unit: "msg/s",
         goal: ">= 3000",
     });
+    phase_done(server.pid(), "sends, 1 sender");
     let many = send_phase(&bench, &senders, &receiver, n, "many").await?;
     rows.push(Row {
         metric: "sends/s, 16 senders",
@@ -247,6 +271,7 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
         unit: "msg/s",
         goal: ">= 10000",
     });
+    phase_done(server.pid(), "sends, 16 senders");
 
     // 2. Drain the 2n queued messages through /sync.
     let start = Instant::now();
@@ -270,6 +295,7 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
         unit: "msg/s",
         goal: "",
     });
+    phase_done(server.pid(), "sync drain");
 
     // 3. Live: the receiver long-polls while 16 senders send n messages.
     let receive = {
@@ -296,6 +322,7 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
         unit: "msg/s",
         goal: ">= 5000",
     });
+    phase_done(server.pid(), "live");
 
     // 4. Wake-up latency of an idle long-poll.
     let mut since = after_live;
@@ -414,6 +441,7 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
         unit: "claims/s",
         goal: ">= 5000",
     });
+    phase_done(server.pid(), "claims");
 
     // 6. Peak RSS with rss_messages queued: 100 devices of one user, '*' fan-out.
     let devices = 100;
@@ -421,6 +449,7 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
     for _ in 1..devices {
         bench.login("fanout").await?;
     }
+    phase_done(server.pid(), "100 devices logged in");
     let requests = rss_messages / devices;
     let mut tasks = tokio::task::JoinSet::new();
     for (s, sender) in senders.iter().enumerate() {
@@ -445,27 +474,14 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
     while let Some(r) = tasks.join_next().await {
         r??;
     }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))?;
-    let hwm_kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    phase_done(server.pid(), "100k queued");
+    let (_, hwm) = memory_mb(server.pid());
     rows.push(Row {
         metric: "peak RSS (VmHWM), 100k queued",
-        value: hwm_kb / 1024.0,
+        value: hwm,
         unit: "MB",
         goal: "<= 100",
     });
-    let metrics = bench
-        .http
-        .get(format!("{}/metrics", bench.base))
-        .send()
-        .await?
-        .text()
-        .await?;
-    drop(metrics);
     Ok(rows)
 }
 

@@ -23,6 +23,12 @@ use hush_server::state::AppState;
 use hush_server::store::Store;
 use hush_server::{admin, signing_key};
 
+/// mimalloc hands freed memory back to the system. With glibc's allocator every thread arena
+/// keeps the 19 MiB argon2 working buffer of the last password hash it served (glibc raises its
+/// mmap threshold after the first free), which made a burst of logins cost hundreds of MB.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The Hush homeserver. Without a command and without --config it starts a development server
 /// on http://127.0.0.1:8008 (SQLite under ./data, open registration).
 #[derive(Debug, Parser)]
