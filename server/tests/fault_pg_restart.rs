@@ -103,6 +103,13 @@ async fn postgres_restart_during_load() {
         .iter()
         .filter(|f| matches!(f, Failure::Http(..)))
         .count();
+    let acked: usize = reports.iter().map(|(_, r)| r.acked.len()).sum();
+    eprintln!(
+        "acknowledged {acked}; while PostgreSQL was down A's clients saw {server_errors} \
+         server errors and {} transport failures; example: {:?}",
+        seen_by_a.len() - server_errors,
+        seen_by_a.iter().find(|f| matches!(f, Failure::Http(..)))
+    );
     assert!(
         server_errors > 0,
         "no client saw the outage as a server error: {seen_by_a:?}"

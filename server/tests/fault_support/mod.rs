@@ -2,6 +2,8 @@
 //! sending and syncing through outages, and a private PostgreSQL instance that may be stopped.
 //! Each test binary declares `mod fed_common; mod fault_support;`.
 
+#![allow(dead_code)]
+
 pub mod load;
 pub mod pg;
 pub mod proxy;
