@@ -24,9 +24,7 @@ use fed_common::{Db, TestCa, TestServer};
 async fn let_traffic_flow(senders: &[SendLoop], more: usize) {
     let marks: Vec<usize> = senders.iter().map(SendLoop::sent).collect();
     for (sender, mark) in senders.iter().zip(marks) {
-        sender
-            .wait_sent(mark + more, Duration::from_secs(60))
-            .await;
+        sender.wait_sent(mark + more, Duration::from_secs(60)).await;
     }
 }
 
@@ -77,7 +75,11 @@ async fn kill_during_load(db: Db) {
         (&from_alice.0, from_alice.1.acked.as_slice()),
         (&from_alice2.0, from_alice2.1.acked.as_slice()),
     ];
-    let at_carol = [alices[0], alices[1], (&from_dave.0, from_dave.1.acked.as_slice())];
+    let at_carol = [
+        alices[0],
+        alices[1],
+        (&from_dave.0, from_dave.1.acked.as_slice()),
+    ];
     let at_erin = [(&from_dave.0, from_dave.1.acked.as_slice())];
     let expect: [(&str, &[_]); 3] = [("bob", &alices), ("carol", &at_carol), ("erin", &at_erin)];
     let mut sync_failures = 0;

@@ -16,8 +16,8 @@ mod fed_common;
 use std::time::Duration;
 
 use fault_support::load::{
-    addr_of, assert_exactly_once_in_order, assert_queue_drains, login, pin, queue_state,
-    register, SendLoop, SyncLoop,
+    addr_of, assert_exactly_once_in_order, assert_queue_drains, login, pin, queue_state, register,
+    SendLoop, SyncLoop,
 };
 use fault_support::proxy::{FaultProxy, Mode};
 use fed_common::{Db, TestCa, TestServer};

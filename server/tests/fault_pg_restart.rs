@@ -17,8 +17,7 @@ mod fed_common;
 use std::time::Duration;
 
 use fault_support::load::{
-    assert_exactly_once_in_order, assert_queue_drains, login, register, Failure, SendLoop,
-    SyncLoop,
+    assert_exactly_once_in_order, assert_queue_drains, login, register, Failure, SendLoop, SyncLoop,
 };
 use fault_support::pg::PrivatePg;
 use fed_common::{Db, TestCa, TestServer};
@@ -45,7 +44,7 @@ async fn postgres_restart_during_load() {
     let senders = [
         SendLoop::start(&alice, &targets, pace),
         SendLoop::start(&alice2, &targets, pace),
-        SendLoop::start(&dave, &[carol.user.clone()], pace),
+        SendLoop::start(&dave, std::slice::from_ref(&carol.user), pace),
     ];
     for sender in &senders {
         sender.wait_sent(10, Duration::from_secs(60)).await;

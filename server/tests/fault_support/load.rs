@@ -254,8 +254,7 @@ impl SyncLoop {
                 loop {
                     // One more round after the stop: anything still there would be a duplicate.
                     let last = stop.load(Ordering::Relaxed);
-                    match sync_once(&device, since.as_deref(), if last { 500 } else { 1000 })
-                        .await
+                    match sync_once(&device, since.as_deref(), if last { 500 } else { 1000 }).await
                     {
                         Ok((batch, next)) => {
                             events.lock().unwrap().extend(batch);
@@ -348,7 +347,10 @@ pub fn assert_exactly_once_in_order(who: &str, events: &[Value], senders: &[(&Te
         assert_eq!(event["type"], "m.test", "{who}: unexpected event {event}");
         let key = (
             event["sender"].as_str().unwrap_or_default().to_owned(),
-            event["content"]["dev"].as_str().unwrap_or_default().to_owned(),
+            event["content"]["dev"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
         );
         got.entry(key)
             .or_default()
@@ -359,8 +361,16 @@ pub fn assert_exactly_once_in_order(who: &str, events: &[Value], senders: &[(&Te
         let arrived = got.remove(&key).unwrap_or_default();
         if arrived != *acked {
             let mut seen = std::collections::BTreeSet::new();
-            let dups: Vec<u64> = arrived.iter().filter(|s| !seen.insert(**s)).copied().collect();
-            let missing: Vec<u64> = acked.iter().filter(|s| !seen.contains(s)).copied().collect();
+            let dups: Vec<u64> = arrived
+                .iter()
+                .filter(|s| !seen.insert(**s))
+                .copied()
+                .collect();
+            let missing: Vec<u64> = acked
+                .iter()
+                .filter(|s| !seen.contains(s))
+                .copied()
+                .collect();
             panic!(
                 "{who}: from {}/{}: {} acknowledged, {} arrived; missing {missing:?}, \
                  duplicated {dups:?}, in order: {}",
@@ -372,7 +382,10 @@ pub fn assert_exactly_once_in_order(who: &str, events: &[Value], senders: &[(&Te
             );
         }
     }
-    assert!(got.is_empty(), "{who}: events from unknown senders: {got:?}");
+    assert!(
+        got.is_empty(),
+        "{who}: events from unknown senders: {got:?}"
+    );
 }
 
 /// `(retries, backlog)` of `destination` in `hushd admin federation list` (`None` when not

@@ -38,7 +38,10 @@ fn find_bin() -> PathBuf {
         .output()
         .unwrap();
     let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(!path.is_empty(), "PostgreSQL binaries (initdb, pg_ctl) not found");
+    assert!(
+        !path.is_empty(),
+        "PostgreSQL binaries (initdb, pg_ctl) not found"
+    );
     Path::new(&path).parent().unwrap().to_owned()
 }
 
@@ -104,7 +107,11 @@ impl PrivatePg {
         } else {
             Command::new(&exe)
         };
-        let out = cmd.args(args).current_dir(self.dir.path()).output().unwrap();
+        let out = cmd
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{program} {args:?}: {}{}",
@@ -124,7 +131,9 @@ impl PrivatePg {
         );
         self.run(
             "pg_ctl",
-            &["start", "-w", "-t", "60", "-D", &data, "-l", &log, "-o", &options],
+            &[
+                "start", "-w", "-t", "60", "-D", &data, "-l", &log, "-o", &options,
+            ],
         );
         self.running = true;
     }
