@@ -20,20 +20,38 @@ use crate::fed_common::{TestServer, TestUser};
 /// Password of every user [`TestServer::register`] makes.
 const PASSWORD: &str = "correct horse battery staple";
 
-/// Where a client talks to.
+/// Where a client talks to: one server, or several processes of one server (a client then
+/// moves to the next process when one does not answer, as behind a load balancer).
 #[derive(Clone)]
 pub struct Endpoint {
     http: reqwest::Client,
-    base: String,
+    bases: Arc<Vec<String>>,
+    current: Arc<AtomicUsize>,
 }
 
 impl Endpoint {
     /// The client API of `server` (survives restarts: same address).
     pub fn of(server: &TestServer) -> Endpoint {
+        Endpoint::over(server.http.clone(), vec![server.base.clone()], 0)
+    }
+
+    /// Several `https://IP:PORT` bases of one server, starting with `bases[first]`.
+    pub fn over(http: reqwest::Client, bases: Vec<String>, first: usize) -> Endpoint {
         Endpoint {
-            http: server.http.clone(),
-            base: server.base.clone(),
+            http,
+            bases: Arc::new(bases),
+            current: Arc::new(AtomicUsize::new(first)),
         }
+    }
+
+    /// The base URL in use.
+    pub fn base(&self) -> &str {
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// Moves to the next base (after a transport failure).
+    fn fail_over(&self) {
+        self.current.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -199,12 +217,12 @@ async fn send_until_ok(device: &Device, targets: &[TestUser], seq: u64, report: 
         per_user[&target.device_id] = json!({"seq": seq, "dev": device.user.device_id});
     }
     let body = json!({ "messages": messages });
-    let url = format!(
-        "{}/_matrix/client/v3/sendToDevice/m.test/f{seq}",
-        device.endpoint.base
-    );
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
+        let url = format!(
+            "{}/_matrix/client/v3/sendToDevice/m.test/f{seq}",
+            device.endpoint.base()
+        );
         let result = device
             .endpoint
             .http
@@ -220,7 +238,10 @@ async fn send_until_ok(device: &Device, targets: &[TestUser], seq: u64, report: 
                 let body = resp.json().await.unwrap_or(Value::Null);
                 report.failures.push(Failure::Http(status, body));
             }
-            Err(e) => report.failures.push(Failure::Transport(e.to_string())),
+            Err(e) => {
+                device.endpoint.fail_over();
+                report.failures.push(Failure::Transport(e.to_string()));
+            }
         }
         assert!(
             Instant::now() < deadline,
@@ -310,7 +331,7 @@ async fn sync_once(
 ) -> Result<(Vec<Value>, String), Failure> {
     let mut url = format!(
         "{}/_matrix/client/v3/sync?timeout={timeout_ms}",
-        device.endpoint.base
+        device.endpoint.base()
     );
     if let Some(since) = since {
         url.push_str(&format!("&since={since}"));
@@ -322,7 +343,10 @@ async fn sync_once(
         .bearer_auth(&device.user.token)
         .send()
         .await
-        .map_err(|e| Failure::Transport(e.to_string()))?;
+        .map_err(|e| {
+            device.endpoint.fail_over();
+            Failure::Transport(e.to_string())
+        })?;
     let status = resp.status().as_u16();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     if status != 200 {
