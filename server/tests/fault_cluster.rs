@@ -4,8 +4,8 @@
 //! The cluster (one homeserver, three processes on 127.0.0.1, see `multi_common`) federates
 //! with server B (127.0.0.3, SQLite). Devices on each process send to bob (on B) and to carol
 //! and erin (on the cluster, syncing through processes 2 and 1); dave on B sends to carol; bob
-//! syncs on B. Mid-load the process that holds the federation lock for B is killed with
-//! SIGKILL; clients of the dead process move to the next one (as behind a load balancer), with
+//! syncs on B; gina (on the cluster) syncs through process 0, so every process serves a sync.
+//! Mid-load the process that holds the federation lock for B is killed with SIGKILL; clients of the dead process move to the next one (as behind a load balancer), with
 //! the same `txnId` for an unanswered send and the same `since` for an unanswered sync. Later
 //! the process is started again. Afterwards every acknowledged message was delivered exactly
 //! once, in order per sender device, and both outbound queues drain (another process took the
@@ -75,12 +75,18 @@ async fn kill9_one_of_three_processes_under_load() {
     let frank = on(cluster.procs[2].register("frank").await, 2);
     let carol = on(cluster.procs[2].register("carol").await, 2);
     let erin = on(cluster.procs[1].register("erin").await, 1);
+    let gina = on(cluster.procs[0].register("gina").await, 0);
     let bob = register(&b, "bob").await;
     let dave = register(&b, "dave").await;
 
-    let syncs = [&bob, &carol, &erin].map(SyncLoop::start);
+    let syncs = [&bob, &carol, &erin, &gina].map(SyncLoop::start);
     let pace = Duration::from_millis(20);
-    let targets = [bob.user.clone(), carol.user.clone(), erin.user.clone()];
+    let targets = [
+        bob.user.clone(),
+        carol.user.clone(),
+        erin.user.clone(),
+        gina.user.clone(),
+    ];
     let senders = [
         SendLoop::start(&alice, &targets, pace),
         SendLoop::start(&alice2, &targets, pace),
@@ -138,7 +144,8 @@ async fn kill9_one_of_three_processes_under_load() {
     let expect = [
         ("bob", from_cluster.clone()),
         ("carol", at_carol),
-        ("erin", from_cluster),
+        ("erin", from_cluster.clone()),
+        ("gina", from_cluster),
     ];
     let mut client_failures: usize = reports.iter().map(|(_, r)| r.failures.len()).sum();
     for (sync, (who, senders)) in syncs.into_iter().zip(expect) {

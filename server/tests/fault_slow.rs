@@ -1,7 +1,7 @@
 //! A slow receiver: a large backlog queued while the peer was unreachable, then delivered
 //! through a link throttled to 32 KiB/s per connection and direction, while the recipient
 //! syncs. Everything arrives exactly once, in order per sender device, and the queue drains.
-//! `HUSH_FAULT_SLOW_MESSAGES` sets the backlog per sender device (default 300, four devices).
+//! `HUSH_FAULT_SLOW_MESSAGES` sets the backlog per sender device (default 250, four devices).
 //! Both databases.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -22,7 +22,7 @@ async fn slow_receiver(db: Db) {
     let per_device: u64 = std::env::var("HUSH_FAULT_SLOW_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(250);
     let ca = TestCa::new();
     let b = TestServer::start(&ca, "127.0.0.3", db, "").await;
     let proxy = FaultProxy::start("127.0.0.3", addr_of(&b)).await;
