@@ -16,7 +16,7 @@ use fault_support::load::{
     SendLoop, SyncLoop,
 };
 use fault_support::proxy::{FaultProxy, Mode};
-use fed_common::{Db, TestCa, TestServer};
+use fed_common::{Db, TestCa, TestServer, TestUser};
 
 async fn slow_receiver(db: Db) {
     let per_device: u64 = std::env::var("HUSH_FAULT_SLOW_MESSAGES")
@@ -85,4 +85,27 @@ async fn slow_receiver_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_receiver_postgres() {
     slow_receiver(Db::Postgres).await;
+}
+
+/// The exactly-once check itself rejects a duplicate, a loss and a reordering.
+#[test]
+fn the_check_catches_duplicates_losses_and_reordering() {
+    let alice = TestUser {
+        user_id: "@alice:a".to_owned(),
+        device_id: "D1".to_owned(),
+        token: String::new(),
+    };
+    let event = |seq: u64| serde_json::json!({"type": "m.test", "sender": "@alice:a", "content": {"seq": seq, "dev": "D1"}});
+    let acked = [1, 2, 3];
+    let check = |seqs: &[u64]| {
+        let events: Vec<_> = seqs.iter().map(|s| event(*s)).collect();
+        std::panic::catch_unwind(|| {
+            assert_exactly_once_in_order("t", &events, &[(&alice, &acked)]);
+        })
+        .is_ok()
+    };
+    assert!(check(&[1, 2, 3]));
+    assert!(!check(&[1, 2, 2, 3]), "duplicate");
+    assert!(!check(&[1, 3]), "loss");
+    assert!(!check(&[1, 3, 2]), "reordering");
 }
