@@ -3,7 +3,7 @@
 //! Server A (127.0.0.2) reaches server B (127.0.0.3) only through the proxy (A pins B's name to
 //! the proxy's address). Three devices on A keep sending to two devices on B, which keep
 //! syncing. The proxy then drops (resets) or stalls (accepts, never forwards, so A's request
-//! times out) every connection for `HUSH_FAULT_CUTOFF_SECS` (default 15 s; set it to 300 for
+//! times out) every connection for `HUSH_FAULT_CUTOFF_SECS` (default 10 s; set it to 300 for
 //! a five-minute partition). Throughout, every send gets a 200 (the message is in A's durable
 //! queue); A sees the failures (retries > 0, backlog > 0). After healing, every message arrives
 //! at B exactly once, in order per sender device, and A's queue drains. Both databases.
@@ -32,7 +32,7 @@ fn through_proxy(b: &TestServer, proxy: &FaultProxy) -> String {
 }
 
 async fn cut_off(db: Db, mode: Mode) {
-    let cutoff = fault_support::env_secs("HUSH_FAULT_CUTOFF_SECS", 15);
+    let cutoff = fault_support::env_secs("HUSH_FAULT_CUTOFF_SECS", 10);
     let ca = TestCa::new();
     let b = TestServer::start(&ca, "127.0.0.3", db, "").await;
     let proxy = FaultProxy::start("127.0.0.3", addr_of(&b)).await;
