@@ -45,7 +45,7 @@ mod retention;
 mod token_cache;
 
 pub use connect::SqliteSync;
-pub use federation::DestinationRow;
+pub use federation::{DestinationLockSession, DestinationRow};
 pub use keys::{Claimed, KeyClaim, MAX_ONE_TIME_KEYS_PER_DEVICE};
 pub use notify::{WakeListener, Wakeup, WAKE_CHANNEL};
 pub use retention::PruneCutoffs;
