@@ -435,7 +435,10 @@ pub async fn claim_as(
     }
     // All local claims (and the requester's device-list interest in their owners) in one
     // transaction.
-    let results = state.store().claim_keys(&local, requester, now_ms()).await?;
+    let results = state
+        .store()
+        .claim_keys(&local, requester, now_ms())
+        .await?;
     for (claim, claimed) in local.into_iter().zip(results) {
         // A claimed one-time key changes the owner's counts (or, for a fallback key, its
         // unused-fallback list): let it replenish.
@@ -448,7 +451,9 @@ pub async fn claim_as(
                 }
         );
         if wake {
-            state.notifier().wake_device(&claim.user_id, &claim.device_id);
+            state
+                .notifier()
+                .wake_device(&claim.user_id, &claim.device_id);
         }
         if let Some(keys) = claimed_json(claimed) {
             // Exhausted users are omitted entirely, not `{}`.

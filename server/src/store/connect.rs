@@ -226,7 +226,7 @@ impl Store {
             return Ok(Store {
                 backend: Backend::Postgres(pool),
                 tokens: Arc::default(),
-            claims: Arc::default(),
+                claims: Arc::default(),
             });
         }
         let url = parse_sqlite_url(database_url)?;

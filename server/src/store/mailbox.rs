@@ -251,7 +251,8 @@ impl MailboxOps for sqlx::SqliteConnection {
         for chunk in keys.chunks(SQLITE_CHUNK) {
             let class = class_index(chunk.len());
             let padding = SQLITE_CLASSES.get(class).map_or(0, |c| c - chunk.len());
-            let mut query = sqlx::query(class_sql(&SQLITE_TXN_SQL, class, sqlite_txn_sql)).bind(now);
+            let mut query =
+                sqlx::query(class_sql(&SQLITE_TXN_SQL, class, sqlite_txn_sql)).bind(now);
             for key in chunk {
                 query = query
                     .bind(key.user_id.as_str())
