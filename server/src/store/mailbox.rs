@@ -62,9 +62,9 @@ trait MailboxOps {
 
     /// Records the transaction keys `keys` (distinct, sorted) with `created_ts = now`, leaving
     /// existing ones alone, and returns the ones that were new.
-    async fn record_txns<'k>(
+    async fn record_txns(
         &mut self,
-        keys: &[&'k TxnKey],
+        keys: &[&TxnKey],
         now: Millis,
     ) -> Result<HashSet<TxnTuple>, sqlx::Error>;
 }
@@ -242,9 +242,9 @@ impl MailboxOps for sqlx::SqliteConnection {
         Ok(())
     }
 
-    async fn record_txns<'k>(
+    async fn record_txns(
         &mut self,
-        keys: &[&'k TxnKey],
+        keys: &[&TxnKey],
         now: Millis,
     ) -> Result<HashSet<TxnTuple>, sqlx::Error> {
         let mut fresh = HashSet::with_capacity(keys.len());
@@ -387,9 +387,9 @@ impl MailboxOps for sqlx::PgConnection {
     }
 
     /// One statement over arrays for the whole batch.
-    async fn record_txns<'k>(
+    async fn record_txns(
         &mut self,
-        keys: &[&'k TxnKey],
+        keys: &[&TxnKey],
         now: Millis,
     ) -> Result<HashSet<TxnTuple>, sqlx::Error> {
         if keys.is_empty() {
