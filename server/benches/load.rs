@@ -93,6 +93,9 @@ struct Figures {
     missed: usize,
     /// Peak RSS per process (MB).
     peak_rss: Vec<f64>,
+    /// RSS of all processes together before the syncs started and with all of them parked (MB).
+    idle_rss: f64,
+    parked_rss: f64,
     loadavg_before: String,
     loadavg_after: String,
 }
@@ -280,6 +283,9 @@ async fn run_config(
         })
         .collect();
 
+    let rss_total = |servers: &[Server]| servers.iter().map(|s| memory_mb(s.pid()).0).sum::<f64>();
+    let idle_rss = rss_total(&servers);
+
     // 1. Every sync device long-polls.
     let total_ids = sizes.messages + sizes.wakeups;
     let receipts = Arc::new(Receipts {
@@ -300,7 +306,11 @@ async fn run_config(
         sync_tasks.spawn(sync_loop(bench, who.clone(), receipts.clone()));
     }
     wait_parked(&receipts, &mut sync_tasks, sizes.syncs).await?;
-    eprintln!("  {} syncs parked", sizes.syncs);
+    let parked_rss = rss_total(&servers);
+    eprintln!(
+        "  {} syncs parked: hushd RSS {idle_rss:.1} -> {parked_rss:.1} MB",
+        sizes.syncs
+    );
 
     // 2. Throughput.
     let senders: Arc<Vec<Account>> = Arc::new(if accounts.len() > sizes.syncs {
@@ -438,6 +448,8 @@ async fn run_config(
         woken: wakes.len(),
         missed,
         peak_rss,
+        idle_rss,
+        parked_rss,
         loadavg_before,
         loadavg_after,
     })
@@ -571,6 +583,14 @@ fn print_figures(f: &Figures, sizes: &Sizes) {
         "  wake-up with {} syncs parked (send 200 -> sync answer): p50 {:.1} ms, p99 {:.1} ms, \
          max {:.1} ms; {} woken, {} missed",
         sizes.syncs, f.wake_p50_ms, f.wake_p99_ms, f.wake_max_ms, f.woken, f.missed
+    );
+    println!(
+        "  hushd RSS (all processes) before the syncs {:.1} MB, with {} parked {:.1} MB \
+         ({:.1} KB per waiter)",
+        f.idle_rss,
+        sizes.syncs,
+        f.parked_rss,
+        (f.parked_rss - f.idle_rss) * 1024.0 / sizes.syncs as f64
     );
     for (i, m) in f.peak_rss.iter().enumerate() {
         println!("  hushd #{i} peak RSS (VmHWM): {m:.1} MB");
