@@ -417,7 +417,10 @@ async fn run_config(
             None => {
                 missed += 1;
                 if missed >= 10 {
-                    eprintln!("  10 wake-ups missed their {:?}: stopping", sizes.wake_timeout);
+                    eprintln!(
+                        "  10 wake-ups missed their {:?}: stopping",
+                        sizes.wake_timeout
+                    );
                     break;
                 }
             }
@@ -493,10 +496,10 @@ fn main() -> TestResult {
     }
     let needed = sizes.syncs + sizes.senders * 2 + 256;
     if let Some(limit) = open_files_limit().filter(|&limit| limit < needed) {
-        return Err(
-            format!("open files limit {limit} < {needed}: raise it first (ulimit -n {needed})")
-                .into(),
-        );
+        return Err(format!(
+            "open files limit {limit} < {needed}: raise it first (ulimit -n {needed})"
+        )
+        .into());
     }
     let configs =
         std::env::var("LOAD_CONFIGS").unwrap_or_else(|_| "sqlite,postgres,postgres-3".into());
@@ -512,7 +515,11 @@ fn main() -> TestResult {
     let mut all = Vec::new();
     for config in configs.split(',').map(str::trim).filter(|c| !c.is_empty()) {
         let (backend, processes) = match config.split_once('-') {
-            Some((b, n)) => (b, n.parse::<usize>().map_err(|_| format!("bad config {config}"))?),
+            Some((b, n)) => (
+                b,
+                n.parse::<usize>()
+                    .map_err(|_| format!("bad config {config}"))?,
+            ),
             None => (config, 1),
         };
         if !matches!(backend, "sqlite" | "postgres") || processes == 0 {

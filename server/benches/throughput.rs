@@ -10,9 +10,9 @@
 //! idle long-poll (send start -> sync answer) p50/p99; keys/claim per second with 16 concurrent
 //! claimers; and the peak RSS (VmHWM) of hushd after `BENCH_RSS_MESSAGES` messages are queued.
 
+mod bench_support;
 #[path = "../tests/ops_support/mod.rs"]
 mod ops_support;
-mod bench_support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
