@@ -10,12 +10,14 @@
 //! idle long-poll (send start -> sync answer) p50/p99; keys/claim per second with 16 concurrent
 //! claimers; and the peak RSS (VmHWM) of hushd after `BENCH_RSS_MESSAGES` messages are queued.
 
+mod bench_support;
 #[path = "../tests/ops_support/mod.rs"]
 mod ops_support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bench_support::{env_usize, memory_mb, percentile, phase_done, Account, Bench};
 use ops_support::{database, env_refs, server_env, Server, TestResult};
 use serde_json::{json, Value};
 
@@ -28,156 +30,6 @@ struct Row {
     value: f64,
     unit: &'static str,
     goal: &'static str,
-}
-
-#[derive(Clone)]
-struct Account {
-    user_id: String,
-    device_id: String,
-    token: String,
-}
-
-struct Bench {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Bench {
-    async fn register(&self, name: &str) -> TestResult<Account> {
-        let body: Value = self
-            .http
-            .post(format!("{}/_matrix/client/v3/register", self.base))
-            .json(&json!({"username": name, "password": "bench password", "auth": {"type": "m.login.dummy"}}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let field = |k: &str| {
-            body[k]
-                .as_str()
-                .map(str::to_owned)
-                .ok_or(format!("register: {body}"))
-        };
-        Ok(Account {
-            user_id: field("user_id")?,
-            device_id: field("device_id")?,
-            token: field("access_token")?,
-        })
-    }
-
-    async fn login(&self, name: &str) -> TestResult<Account> {
-        let body: Value = self
-            .http
-            .post(format!("{}/_matrix/client/v3/login", self.base))
-            .json(&json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": "bench password"}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let field = |k: &str| {
-            body[k]
-                .as_str()
-                .map(str::to_owned)
-                .ok_or(format!("login: {body}"))
-        };
-        Ok(Account {
-            user_id: field("user_id")?,
-            device_id: field("device_id")?,
-            token: field("access_token")?,
-        })
-    }
-
-    /// One sendToDevice request: `content` to `device` of `to` (`*` = all its devices).
-    async fn send(
-        &self,
-        from: &Account,
-        txn: &str,
-        to: &str,
-        device: &str,
-        content: Value,
-    ) -> TestResult {
-        let resp = self
-            .http
-            .put(format!(
-                "{}/_matrix/client/v3/sendToDevice/m.bench/{txn}",
-                self.base
-            ))
-            .bearer_auth(&from.token)
-            .json(&json!({"messages": {to: {device: content}}}))
-            .send()
-            .await?;
-        if resp.status() != 200 {
-            return Err(format!("send: {} {}", resp.status(), resp.text().await?).into());
-        }
-        Ok(())
-    }
-
-    /// One /sync: `(next_batch, number of to-device events, the events)`.
-    async fn sync(
-        &self,
-        who: &Account,
-        since: Option<&str>,
-        timeout_ms: u64,
-    ) -> TestResult<(String, Vec<Value>)> {
-        let mut url = format!("{}/_matrix/client/v3/sync?timeout={timeout_ms}", self.base);
-        if let Some(since) = since {
-            url.push_str("&since=");
-            url.push_str(since);
-        }
-        let body: Value = self
-            .http
-            .get(url)
-            .bearer_auth(&who.token)
-            .send()
-            .await?
-            .json()
-            .await?;
-        let next = body["next_batch"]
-            .as_str()
-            .ok_or(format!("sync: {body}"))?
-            .to_owned();
-        let events = body["to_device"]["events"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        Ok((next, events))
-    }
-}
-
-/// `(VmRSS, VmHWM)` of a process in MB.
-fn memory_mb(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// Prints the memory of hushd after a phase (to standard error, as a diagnostic).
-fn phase_done(pid: u32, phase: &str) {
-    let (rss, hwm) = memory_mb(pid);
-    eprintln!("  {phase:<28} hushd RSS {rss:7.1} MB, peak {hwm:7.1} MB");
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
 }
 
 /// Sends `n` messages to `to`'s device from `senders` accounts concurrently; messages/s.

@@ -42,10 +42,13 @@ impl Store {
                 .fetch_all(r)
                 .await?
             } else {
+                // One probe of `device_list_stream_user` per followed user, so the cost does
+                // not grow with the length of the stream after `since`.
                 sqlx::query_scalar(
-                    "SELECT DISTINCT user_id FROM device_list_stream WHERE pos > $2 AND (user_id = $1 \
-                     OR user_id IN (SELECT target FROM device_list_interest WHERE observer = $1)) \
-                     ORDER BY user_id",
+                    "SELECT f.u FROM (SELECT $1 AS u UNION \
+                     SELECT target FROM device_list_interest WHERE observer = $1) AS f \
+                     WHERE EXISTS (SELECT 1 FROM device_list_stream s \
+                     WHERE s.user_id = f.u AND s.pos > $2) ORDER BY f.u",
                 )
                 .bind(observer)
                 .bind(since)

@@ -1,0 +1,171 @@
+//! Helpers shared by the benches that drive a real `hushd` over loopback HTTP/1.1
+//! (`throughput`, `load`): a small client for register/login/sendToDevice/sync, process memory
+//! from `/proc`, percentiles and environment knobs.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::ops_support::TestResult;
+
+/// A logged-in device.
+#[derive(Clone)]
+pub struct Account {
+    /// Full user ID.
+    pub user_id: String,
+    /// Device ID.
+    pub device_id: String,
+    /// Access token.
+    pub token: String,
+}
+
+/// An HTTP client bound to one `hushd`.
+pub struct Bench {
+    /// The keep-alive client.
+    pub http: reqwest::Client,
+    /// Base URL of the server.
+    pub base: String,
+}
+
+impl Bench {
+    /// Registers `name` (open registration, `m.login.dummy`).
+    pub async fn register(&self, name: &str) -> TestResult<Account> {
+        let body: Value = self
+            .http
+            .post(format!("{}/_matrix/client/v3/register", self.base))
+            .json(&json!({"username": name, "password": "bench password", "auth": {"type": "m.login.dummy"}}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let field = |k: &str| {
+            body[k]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or(format!("register: {body}"))
+        };
+        Ok(Account {
+            user_id: field("user_id")?,
+            device_id: field("device_id")?,
+            token: field("access_token")?,
+        })
+    }
+
+    /// Logs in as `name` with the bench password (a new device).
+    pub async fn login(&self, name: &str) -> TestResult<Account> {
+        let body: Value = self
+            .http
+            .post(format!("{}/_matrix/client/v3/login", self.base))
+            .json(&json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": "bench password"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let field = |k: &str| {
+            body[k]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or(format!("login: {body}"))
+        };
+        Ok(Account {
+            user_id: field("user_id")?,
+            device_id: field("device_id")?,
+            token: field("access_token")?,
+        })
+    }
+
+    /// One sendToDevice request: `content` to `device` of `to` (`*` = all its devices).
+    pub async fn send(
+        &self,
+        from: &Account,
+        txn: &str,
+        to: &str,
+        device: &str,
+        content: Value,
+    ) -> TestResult {
+        let resp = self
+            .http
+            .put(format!(
+                "{}/_matrix/client/v3/sendToDevice/m.bench/{txn}",
+                self.base
+            ))
+            .bearer_auth(&from.token)
+            .json(&json!({"messages": {to: {device: content}}}))
+            .send()
+            .await?;
+        if resp.status() != 200 {
+            return Err(format!("send: {} {}", resp.status(), resp.text().await?).into());
+        }
+        Ok(())
+    }
+
+    /// One /sync: `(next_batch, number of to-device events, the events)`.
+    pub async fn sync(
+        &self,
+        who: &Account,
+        since: Option<&str>,
+        timeout_ms: u64,
+    ) -> TestResult<(String, Vec<Value>)> {
+        let mut url = format!("{}/_matrix/client/v3/sync?timeout={timeout_ms}", self.base);
+        if let Some(since) = since {
+            url.push_str("&since=");
+            url.push_str(since);
+        }
+        let body: Value = self
+            .http
+            .get(url)
+            .bearer_auth(&who.token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let next = body["next_batch"]
+            .as_str()
+            .ok_or(format!("sync: {body}"))?
+            .to_owned();
+        let events = body["to_device"]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        Ok((next, events))
+    }
+}
+
+/// `(VmRSS, VmHWM)` of a process in MB.
+pub fn memory_mb(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Prints the memory of hushd after a phase (to standard error, as a diagnostic).
+pub fn phase_done(pid: u32, phase: &str) {
+    let (rss, hwm) = memory_mb(pid);
+    eprintln!("  {phase:<28} hushd RSS {rss:7.1} MB, peak {hwm:7.1} MB");
+}
+
+/// `name` from the environment as a number, else `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The `p` quantile (0..=1) of sorted durations (zero when empty).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
