@@ -69,7 +69,10 @@ pub fn xmatrix_header(data: &[u8]) {
     };
     let written = auth.to_header_value();
     let again = XMatrixAuth::parse(&written).expect("our own header form parses");
-    assert_eq!(again, auth, "header round trip changed the value: {written}");
+    assert_eq!(
+        again, auth,
+        "header round trip changed the value: {written}"
+    );
     let key = fixed_key().verifying_key();
     let body = json!({"edus": []});
     let ours = server("b.example");
@@ -100,8 +103,7 @@ fn same_value(a: &Value, b: &Value) -> bool {
         }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len()
-                && x
-                    .iter()
+                && x.iter()
                     .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
         }
         _ => a == b,
@@ -172,7 +174,10 @@ pub fn ids(data: &[u8]) {
         let rest = &text[name.host_str().len()..];
         // A port is written as digits; leading zeros are allowed, so compare numerically.
         match port {
-            None => assert!(rest.is_empty(), "server name {text:?} has text after the host"),
+            None => assert!(
+                rest.is_empty(),
+                "server name {text:?} has text after the host"
+            ),
             Some(_) => assert!(rest.starts_with(':') && rest.len() > 1),
         }
     }
