@@ -9,6 +9,8 @@
 
 #[path = "../fuzz/src/checks.rs"]
 mod checks;
+// `Harness::start` is used only by the fuzz target.
+#[allow(dead_code)]
 #[path = "../fuzz/src/router.rs"]
 mod router;
 
