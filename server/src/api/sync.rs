@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::api::extract::ApiQuery;
 use crate::auth::AuthedDevice;
 use crate::error::{ApiError, ApiResult};
-use crate::service::keys::otk_counts;
+use crate::service::keys::SIGNED_CURVE25519;
 use crate::service::notify::Woken;
 use crate::state::AppState;
 
@@ -120,16 +120,21 @@ async fn build(
 ) -> ApiResult<(Value, bool)> {
     let store = state.store();
     let ack = since.map_or(0, |s| s.to_device);
-    // Read the device-list position before the changes so nothing falls between them.
-    let dl_now = store.device_list_position().await?;
-    let events = store
-        .ack_and_fetch_inbox(
+    // One connection for the reads; the device-list position is read before the changes so
+    // nothing falls between them.
+    let reads = store
+        .sync_reads(
             &auth.user_id,
             &auth.device_id,
             ack,
             state.config().limits.sync_batch,
         )
         .await?;
+    if reads.unacknowledged {
+        store.ack_inbox(&auth.user_id, &auth.device_id, ack).await?;
+    }
+    let dl_now = reads.device_list_pos;
+    let events = reads.events;
     let changed = match since {
         Some(s) if s.device_lists < dl_now => {
             store
@@ -138,10 +143,9 @@ async fn build(
         }
         _ => Vec::new(),
     };
-    let counts = otk_counts(state, &auth.user_id, &auth.device_id).await?;
-    let fallback = store
-        .unused_fallback_key_types(&auth.user_id, &auth.device_id)
-        .await?;
+    let mut counts = reads.one_time_key_counts;
+    counts.entry(SIGNED_CURVE25519.to_owned()).or_insert(0);
+    let fallback = reads.unused_fallback_key_types;
     let next = SyncToken {
         to_device: events.last().map_or(ack, |e| e.pos),
         device_lists: since.map_or(dl_now, |s| dl_now.max(s.device_lists)),

@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::service::identifiers::server_of;
 use crate::service::now_ms;
 use crate::state::AppState;
-use crate::store::{KeyUpload, OtkUploadOutcome};
+use crate::store::{Claimed, KeyClaim, KeyUpload, OtkUploadOutcome};
 
 /// The Matrix algorithm of signed X25519 one-time and fallback keys.
 pub const SIGNED_CURVE25519: &str = "signed_curve25519";
@@ -349,55 +349,41 @@ fn key_json(json: &str) -> Value {
     serde_json::from_str(json).unwrap_or_else(|_| Value::String(json.to_owned()))
 }
 
-/// Claims for one local device; `None` when nothing is available.
-async fn claim_local_device(
-    state: &AppState,
-    user_id: &str,
-    device_id: &str,
-    algorithm: &str,
-) -> Result<Option<Map<String, Value>>, ApiError> {
-    let store = state.store();
+/// The answer for one device's claim; `None` when nothing was available.
+fn claimed_json(claimed: Claimed) -> Option<Map<String, Value>> {
     let mut out = Map::new();
-    if algorithm == BUNDLE_ALGORITHM {
-        // The signed prekey is the device's fallback key: read, never consumed, never marked.
-        let Some(spk) = store
-            .get_fallback_key(user_id, device_id, SIGNED_CURVE25519)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let opk = store
-            .claim_one_time_key(user_id, device_id, SIGNED_CURVE25519)
-            .await?;
-        let spk_key_id = spk
-            .full_id
-            .split_once(':')
-            .map_or(spk.full_id.as_str(), |(_, id)| id);
-        let mut bundle = Map::new();
-        bundle.insert(
-            "signed_prekey".into(),
-            json!({ spk.full_id.clone(): key_json(&spk.json) }),
-        );
-        if let Some(opk) = opk {
-            bundle.insert(
-                "one_time_key".into(),
-                json!({ opk.full_id.clone(): key_json(&opk.json) }),
-            );
-            state.notifier().wake_device(user_id, device_id);
+    match claimed {
+        Claimed::Nothing => return None,
+        Claimed::Key(key) => {
+            out.insert(key.full_id, key_json(&key.json));
         }
-        out.insert(
-            format!("{BUNDLE_ALGORITHM}:{spk_key_id}"),
-            Value::Object(bundle),
-        );
-    } else {
-        let Some(key) = store.claim_key(user_id, device_id, algorithm, true).await? else {
-            return Ok(None);
-        };
-        out.insert(key.full_id, key_json(&key.json));
-        // The count or the unused-fallback list changed: let the owner replenish.
-        state.notifier().wake_device(user_id, device_id);
+        Claimed::Bundle {
+            signed_prekey: spk,
+            one_time_key,
+        } => {
+            let spk_key_id = spk
+                .full_id
+                .split_once(':')
+                .map_or(spk.full_id.as_str(), |(_, id)| id)
+                .to_owned();
+            let mut bundle = Map::new();
+            bundle.insert(
+                "signed_prekey".into(),
+                json!({ spk.full_id.clone(): key_json(&spk.json) }),
+            );
+            if let Some(opk) = one_time_key {
+                bundle.insert(
+                    "one_time_key".into(),
+                    json!({ opk.full_id.clone(): key_json(&opk.json) }),
+                );
+            }
+            out.insert(
+                format!("{BUNDLE_ALGORITHM}:{spk_key_id}"),
+                Value::Object(bundle),
+            );
+        }
     }
-    Ok(Some(out))
+    Some(out)
 }
 
 /// `POST /keys/claim` without a local requester (the federation endpoint).
@@ -420,22 +406,22 @@ pub async fn claim_as(
     let mut one_time_keys = Map::new();
     let mut failures = Map::new();
     let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
-    let mut claimed_users = Vec::new();
+    let mut local: Vec<KeyClaim> = Vec::new();
     for (user, devices) in wanted {
         match server_of(&user) {
             Some(server) if server == server_name => {
-                let mut claimed = Map::new();
                 for (device, algorithm) in devices {
-                    if let Some(keys) =
-                        claim_local_device(state, &user, &device, &algorithm).await?
-                    {
-                        claimed.insert(device, Value::Object(keys));
-                    }
-                }
-                // Exhausted users are omitted entirely, not `{}`.
-                if !claimed.is_empty() {
-                    claimed_users.push(user.clone());
-                    one_time_keys.insert(user, Value::Object(claimed));
+                    let bundle = algorithm == BUNDLE_ALGORITHM;
+                    local.push(KeyClaim {
+                        user_id: user.clone(),
+                        device_id: device,
+                        algorithm: if bundle {
+                            SIGNED_CURVE25519.to_owned()
+                        } else {
+                            algorithm
+                        },
+                        bundle,
+                    });
                 }
             }
             Some(server) => {
@@ -447,11 +433,37 @@ pub async fn claim_as(
             None => {}
         }
     }
-    if let Some(requester) = requester.filter(|_| !claimed_users.is_empty()) {
-        state
-            .store()
-            .add_device_list_interest(requester, &claimed_users)
-            .await?;
+    // All local claims (and the requester's device-list interest in their owners) in one
+    // transaction.
+    let results = state
+        .store()
+        .claim_keys(&local, requester, now_ms())
+        .await?;
+    for (claim, claimed) in local.into_iter().zip(results) {
+        // A claimed one-time key changes the owner's counts (or, for a fallback key, its
+        // unused-fallback list): let it replenish.
+        let wake = matches!(
+            claimed,
+            Claimed::Key(_)
+                | Claimed::Bundle {
+                    one_time_key: Some(_),
+                    ..
+                }
+        );
+        if wake {
+            state
+                .notifier()
+                .wake_device(&claim.user_id, &claim.device_id);
+        }
+        if let Some(keys) = claimed_json(claimed) {
+            // Exhausted users are omitted entirely, not `{}`.
+            let entry = one_time_keys
+                .entry(claim.user_id)
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(devices) = entry {
+                devices.insert(claim.device_id, Value::Object(keys));
+            }
+        }
     }
     let timeout = timeout_of(body);
     for (server, users) in remote {

@@ -78,7 +78,7 @@ impl Store {
     ///
     /// The password hash is cleared too; `NotFound` if the account does not exist.
     pub async fn deactivate_user(&self, user_id: &str, now: Millis) -> StoreResult<()> {
-        with_tx!(self, |tx, pg| {
+        let out: StoreResult<_> = with_tx!(self, |tx, pg| {
             let updated = sqlx::query(
                 "UPDATE users SET deactivated = TRUE, password_hash = NULL WHERE user_id = $1",
             )
@@ -104,7 +104,10 @@ impl Store {
             if !devices.is_empty() {
                 record_device_list_change!(tx, user_id, now);
             }
-        })
+        });
+        // Access tokens may have been deleted.
+        self.tokens.invalidate();
+        out
     }
 
     /// Replaces the password hash; `NotFound` if the account does not exist.

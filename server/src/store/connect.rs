@@ -125,10 +125,14 @@ impl SqliteWriter {
     }
 }
 
+/// A pooled PostgreSQL connection idle for longer than this is pinged before use.
+const PG_PING_IDLE_AFTER: Duration = Duration::from_secs(5);
 /// Connections in the PostgreSQL pool of one process.
 const PG_MAX_CONNECTIONS: u32 = 16;
 /// Reader connections for SQLite (WAL readers run alongside the single writer).
 const SQLITE_READERS: u32 = 4;
+/// Prepared statements kept per SQLite connection.
+const SQLITE_STATEMENT_CACHE: usize = 256;
 /// How long SQLite waits for a lock held by another connection or process before failing.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -204,11 +208,25 @@ impl Store {
             let pool = PgPoolOptions::new()
                 .max_connections(PG_MAX_CONNECTIONS)
                 .acquire_timeout(Duration::from_secs(10))
+                // sqlx pings every connection it hands out by default: a round trip per query.
+                // Only connections that sat idle for a while are checked (they are the ones a
+                // database restart or a network change could have broken meanwhile).
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for < PG_PING_IDLE_AFTER {
+                            return Ok(true);
+                        }
+                        conn.ping().await.map(|()| true)
+                    })
+                })
                 .connect(database_url)
                 .await?;
             sqlx::migrate!("../migrations/postgres").run(&pool).await?;
             return Ok(Store {
                 backend: Backend::Postgres(pool),
+                tokens: Arc::default(),
+                claims: Arc::default(),
             });
         }
         let url = parse_sqlite_url(database_url)?;
@@ -226,7 +244,10 @@ impl Store {
                 SqliteSync::Full => SqliteSynchronous::Full,
             })
             .foreign_keys(true)
-            .busy_timeout(SQLITE_BUSY_TIMEOUT);
+            .busy_timeout(SQLITE_BUSY_TIMEOUT)
+            // Room for every statement of the store plus the size classes of the multi-row
+            // group-commit statements, so none is re-prepared.
+            .statement_cache_capacity(SQLITE_STATEMENT_CACHE);
         // Migrate through a short-lived one-connection pool (the migrator's future over a bare
         // connection is not `Send`), then open the dedicated writer.
         let migrator = SqlitePoolOptions::new()
@@ -240,6 +261,9 @@ impl Store {
         let writer = options.connect().await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(SQLITE_READERS)
+            // A connection to a local file does not break while idle; the default ping on
+            // every acquire would cost one more worker-thread round trip per query.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.clone())
             .await?;
@@ -250,6 +274,8 @@ impl Store {
         });
         Ok(Store {
             backend: Backend::Sqlite { writer, reader },
+            tokens: Arc::default(),
+            claims: Arc::default(),
         })
     }
 }

@@ -34,7 +34,7 @@ impl Store {
         token_hash: &[u8],
         now: Millis,
     ) -> StoreResult<()> {
-        with_tx!(self, |tx, pg| {
+        let out: StoreResult<_> = with_tx!(self, |tx, pg| {
             let deactivated: Option<bool> =
                 sqlx::query_scalar("SELECT deactivated FROM users WHERE user_id = $1")
                     .bind(user_id)
@@ -78,7 +78,10 @@ impl Store {
             if created {
                 record_device_list_change!(tx, user_id, now);
             }
-        })
+        });
+        // Access tokens may have been deleted.
+        self.tokens.invalidate();
+        out
     }
 
     /// Resolves a token hash; also records `last_seen_*` at most once a minute.
@@ -88,12 +91,25 @@ impl Store {
 
     /// Like [`Store::token_owner`], with the client's IP address and the current time:
     /// `last_seen_ip`/`last_seen_ts` are updated when the stored time is older than a minute.
+    ///
+    /// Answers are reused for up to [`super::TOKEN_CACHE_TTL`] (see the `token_cache` module:
+    /// revocations in this process take effect at once, in other processes within that time).
     pub async fn token_owner_seen(
         &self,
         token_hash: &[u8],
         ip: Option<&str>,
         now: Millis,
     ) -> StoreResult<Option<TokenOwner>> {
+        let cache_key: Option<[u8; 32]> = token_hash.try_into().ok();
+        let started = std::time::Instant::now();
+        let mut generation = None;
+        if let Some(key) = &cache_key {
+            match self.tokens.get(key, started) {
+                // Seen within the cache lifetime: `last_seen_*` was handled then.
+                Ok(owner) => return Ok(Some(owner)),
+                Err(current) => generation = Some(current),
+            }
+        }
         let found = with_pools!(self, |r, pg| {
             let row = sqlx::query(
                 "SELECT t.user_id, t.device_id, d.last_seen_ts FROM access_tokens t \
@@ -131,6 +147,9 @@ impl Store {
                 .await?;
                 StoreResult::Ok(())
             })?;
+        }
+        if let (Some(key), Some(generation)) = (cache_key, generation) {
+            self.tokens.put(key, owner.clone(), generation, started);
         }
         Ok(Some(owner))
     }
@@ -218,7 +237,7 @@ impl Store {
         device_ids: &[String],
         now: Millis,
     ) -> StoreResult<()> {
-        with_tx!(self, |tx, pg| {
+        let out: StoreResult<_> = with_tx!(self, |tx, pg| {
             let mut any = false;
             for device_id in device_ids {
                 any |= purge_device!(tx, user_id, device_id);
@@ -226,13 +245,16 @@ impl Store {
             if any {
                 record_device_list_change!(tx, user_id, now);
             }
-        })
+        });
+        // Access tokens may have been deleted.
+        self.tokens.invalidate();
+        out
     }
 
     /// Deletes every device of a user (`/logout/all`) with tokens, keys and mailboxes, in one
     /// transaction; returns the deleted device IDs.
     pub async fn delete_all_devices(&self, user_id: &str, now: Millis) -> StoreResult<Vec<String>> {
-        with_tx!(self, |tx, pg| {
+        let out: StoreResult<_> = with_tx!(self, |tx, pg| {
             let devices: Vec<String> = sqlx::query_scalar(
                 "SELECT device_id FROM devices WHERE user_id = $1 ORDER BY device_id",
             )
@@ -246,7 +268,10 @@ impl Store {
                 record_device_list_change!(tx, user_id, now);
             }
             devices
-        })
+        });
+        // Access tokens may have been deleted.
+        self.tokens.invalidate();
+        out
     }
 
     /// Device IDs of a local user (for `*` expansion and key queries), ordered.

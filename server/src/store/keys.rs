@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use sqlx::Row;
+use tokio::sync::oneshot;
 
 use super::notify::{wake_payload, WakeOnCommit};
 
@@ -404,5 +405,246 @@ impl Store {
                 }
             }
         })
+    }
+}
+
+/// A device-list interest is refreshed by a claim only when its `updated_ts` is at least this
+/// old, so repeated claims of the same user's keys do not rewrite the row each time (the
+/// interest then expires at most this much earlier than its TTL says).
+const INTEREST_REFRESH_MS: Millis = 60_000;
+
+/// One device's part of a [`Store::claim_keys`] call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyClaim {
+    /// Owner of the keys.
+    pub user_id: String,
+    /// Device whose keys are claimed.
+    pub device_id: String,
+    /// Algorithm of the one-time (and fallback) key.
+    pub algorithm: String,
+    /// The Hush bundle claim: the fallback key is the signed prekey, read but never marked
+    /// used, plus one one-time key when one is left.
+    pub bundle: bool,
+}
+
+/// What one [`KeyClaim`] got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// Nothing was available (for a bundle: the device has no signed prekey).
+    Nothing,
+    /// The oldest one-time key, or else the fallback key (now marked used).
+    Key(ClaimedKey),
+    /// A bundle: the signed prekey and, if one was left, a one-time key.
+    Bundle {
+        /// The fallback key of the algorithm, not marked used.
+        signed_prekey: ClaimedKey,
+        /// The claimed one-time key.
+        one_time_key: Option<ClaimedKey>,
+    },
+}
+
+impl Store {
+    /// Claims keys of several devices atomically, in the given order, and, when `observer` is
+    /// a local requester, records its device-list interest in every other user it got keys
+    /// of. Returns one [`Claimed`] per claim.
+    ///
+    /// Group commit: concurrent calls in this process are committed together in ONE
+    /// transaction (one commit, on PostgreSQL one fsync, for the whole group). The caller that
+    /// finds no commit running becomes the leader: it takes every queued call and commits them
+    /// in a spawned task (so a cancelled caller cannot abort the others' commit); the calls that
+    /// queued meanwhile are taken by the next leader. If a group fails, each of its calls is
+    /// retried alone, so one call's error never becomes another's.
+    pub async fn claim_keys(
+        &self,
+        claims: &[KeyClaim],
+        observer: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<Vec<Claimed>> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, mut answer) = oneshot::channel();
+        self.claims.push(ClaimJob {
+            claims: claims.to_vec(),
+            observer: observer.map(str::to_owned),
+            now,
+            reply,
+        });
+        let leader = self.claims.leader.clone().lock_owned().await;
+        match answer.try_recv() {
+            Ok(result) => return result, // committed by the previous leader
+            Err(oneshot::error::TryRecvError::Closed) => return Err(lost_claim()),
+            Err(oneshot::error::TryRecvError::Empty) => {}
+        }
+        let jobs = self.claims.take();
+        let store = self.clone();
+        tokio::spawn(async move {
+            let _leader = leader;
+            store.commit_claim_group(jobs).await;
+        });
+        answer.await.unwrap_or_else(|_| Err(lost_claim()))
+    }
+
+    /// Commits `jobs` in one transaction and answers each; on failure retries each alone.
+    async fn commit_claim_group(&self, jobs: Vec<ClaimJob>) {
+        if jobs.len() > 1 {
+            let outcome = {
+                let refs: Vec<(&[KeyClaim], Option<&str>, Millis)> = jobs
+                    .iter()
+                    .map(|j| (j.claims.as_slice(), j.observer.as_deref(), j.now))
+                    .collect();
+                self.claim_tx(&refs).await
+            };
+            match outcome {
+                Ok(results) if results.len() == jobs.len() => {
+                    for (job, result) in jobs.into_iter().zip(results) {
+                        let _ = job.reply.send(Ok(result));
+                    }
+                    return;
+                }
+                Ok(_) => tracing::error!("claim group returned the wrong number of results"),
+                Err(e) => tracing::warn!(error = %e, "claim group failed; retrying one by one"),
+            }
+        }
+        for job in jobs {
+            let result = self
+                .claim_tx(&[(job.claims.as_slice(), job.observer.as_deref(), job.now)])
+                .await
+                .and_then(|mut r| r.pop().ok_or_else(lost_claim));
+            let _ = job.reply.send(result);
+        }
+    }
+
+    /// The claims of several calls `(claims, observer, now)` in one transaction.
+    async fn claim_tx(
+        &self,
+        jobs: &[(&[KeyClaim], Option<&str>, Millis)],
+    ) -> StoreResult<Vec<Vec<Claimed>>> {
+        with_tx!(self, |tx, pg| {
+            let mut all = Vec::with_capacity(jobs.len());
+            for &(claims, observer, now) in jobs {
+                let mut out = Vec::with_capacity(claims.len());
+                let mut targets: Vec<&str> = Vec::new();
+                for claim in claims {
+                    let (user, device, algorithm) = (
+                        claim.user_id.as_str(),
+                        claim.device_id.as_str(),
+                        claim.algorithm.as_str(),
+                    );
+                    let got = if claim.bundle {
+                        let row = sqlx::query(
+                            "SELECT key_id, key_json FROM fallback_keys \
+                         WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",
+                        )
+                        .bind(user)
+                        .bind(device)
+                        .bind(algorithm)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        match row {
+                            None => Claimed::Nothing,
+                            Some(row) => {
+                                let key_id: String = row.try_get("key_id")?;
+                                let signed_prekey = ClaimedKey {
+                                    full_id: format!("{algorithm}:{key_id}"),
+                                    json: row.try_get("key_json")?,
+                                };
+                                let one_time_key = claim_otk!(tx, pg, user, device, algorithm, now);
+                                Claimed::Bundle {
+                                    signed_prekey,
+                                    one_time_key,
+                                }
+                            }
+                        }
+                    } else {
+                        match claim_otk!(tx, pg, user, device, algorithm, now) {
+                            Some(key) => Claimed::Key(key),
+                            None => {
+                                let row = sqlx::query(
+                                    "UPDATE fallback_keys SET used = TRUE \
+                                 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
+                                 RETURNING key_id, key_json",
+                                )
+                                .bind(user)
+                                .bind(device)
+                                .bind(algorithm)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                                match row {
+                                    None => Claimed::Nothing,
+                                    Some(row) => {
+                                        let key_id: String = row.try_get("key_id")?;
+                                        Claimed::Key(ClaimedKey {
+                                            full_id: format!("{algorithm}:{key_id}"),
+                                            json: row.try_get("key_json")?,
+                                        })
+                                    }
+                                }
+                            }
+                        }
+                    };
+                    if got != Claimed::Nothing && !targets.contains(&user) {
+                        targets.push(user);
+                    }
+                    out.push(got);
+                }
+                if let Some(observer) = observer {
+                    for target in targets.into_iter().filter(|t| *t != observer) {
+                        sqlx::query(
+                            "INSERT INTO device_list_interest (observer, target, updated_ts) \
+                         VALUES ($1, $2, $3) ON CONFLICT (observer, target) \
+                         DO UPDATE SET updated_ts = excluded.updated_ts \
+                         WHERE device_list_interest.updated_ts < $4",
+                        )
+                        .bind(observer)
+                        .bind(target)
+                        .bind(now)
+                        .bind(now - INTEREST_REFRESH_MS)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                all.push(out);
+            }
+            all
+        })
+    }
+}
+
+/// The error of a claim whose group commit task went away without answering.
+fn lost_claim() -> StoreError {
+    StoreError::Database(sqlx::Error::WorkerCrashed)
+}
+
+/// One queued [`Store::claim_keys`] call.
+pub(super) struct ClaimJob {
+    claims: Vec<KeyClaim>,
+    observer: Option<String>,
+    now: Millis,
+    reply: oneshot::Sender<StoreResult<Vec<Claimed>>>,
+}
+
+/// The queue and leader lock of the claim group commit.
+#[derive(Default)]
+pub(super) struct ClaimGroup {
+    queue: std::sync::Mutex<Vec<ClaimJob>>,
+    leader: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl ClaimGroup {
+    fn push(&self, job: ClaimJob) {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(job);
+    }
+
+    fn take(&self) -> Vec<ClaimJob> {
+        std::mem::take(
+            &mut *self
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 }

@@ -8,7 +8,8 @@
 //! to N+1 can never delete an unseen message. On SQLite the single writer connection serialises
 //! all writers.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::OnceLock;
 
 use sqlx::Row;
 
@@ -16,7 +17,7 @@ use super::notify::{wake_payload, WakeOnCommit};
 
 use super::{
     with_pools, with_tx, with_writer, InboxEvent, Millis, OutboundEdu, SendOutcome, SendRequest,
-    Store, StoreResult, ToDeviceMessage, TxnKey,
+    Store, StoreResult, SyncReads, ToDeviceMessage, TxnKey,
 };
 
 /// Counter state of one recipient device during a group commit.
@@ -36,9 +37,11 @@ struct InboxRow<'a> {
     message: &'a ToDeviceMessage,
 }
 
-/// The backend-specific steps of a group commit: SQLite runs one cached statement per row
-/// (in-process, that is the fastest form); PostgreSQL sends each step as one statement over
-/// arrays, so a batch costs a fixed number of round trips whatever its size.
+/// The backend-specific steps of a group commit. Both backends write a batch with a fixed
+/// number of statements whatever its size: PostgreSQL sends each step as one statement over
+/// arrays, SQLite as padded multi-row statements of a few fixed sizes (every statement on
+/// SQLite is a round trip to sqlx's connection worker thread, so per-row statements made the
+/// cost of a batch grow with its size).
 trait MailboxOps {
     /// For each existing recipient device (`recipients` sorted, unknown devices left out):
     /// `(index into recipients, last allocated position, first queued position)`. On PostgreSQL
@@ -56,7 +59,117 @@ trait MailboxOps {
     /// Inserts `rows` with `created_ts = now`.
     async fn insert_inbox(&mut self, rows: &[InboxRow<'_>], now: Millis)
         -> Result<(), sqlx::Error>;
+
+    /// Records the transaction keys `keys` (distinct, sorted) with `created_ts = now`, leaving
+    /// existing ones alone, and returns the ones that were new.
+    async fn record_txns<'k>(
+        &mut self,
+        keys: &[&'k TxnKey],
+        now: Millis,
+    ) -> Result<HashSet<TxnTuple>, sqlx::Error>;
 }
+
+/// A transaction key as returned by `RETURNING`: `(user, device, endpoint, txn_id)`.
+type TxnTuple = (String, String, String, String);
+
+/// Sort key of a transaction key (the order keys are recorded in, so that concurrent batches
+/// on PostgreSQL take the unique-index locks in the same order).
+fn txn_order(key: &TxnKey) -> (&str, &str, &str, &str) {
+    (&key.user_id, &key.device_id, &key.endpoint, &key.txn_id)
+}
+
+/// The owned form of a key, as [`MailboxOps::record_txns`] returns it.
+fn txn_tuple(key: &TxnKey) -> TxnTuple {
+    (
+        key.user_id.clone(),
+        key.device_id.clone(),
+        key.endpoint.clone(),
+        key.txn_id.clone(),
+    )
+}
+
+/// Row counts of SQLite's multi-row statements. A batch is cut into chunks of at most the
+/// largest class and each chunk is padded with all-NULL rows (filtered out by the statement) up
+/// to the next class, so only a few distinct statements exist and each is prepared once per
+/// connection, while a batch of any size costs one statement per chunk instead of one per row.
+const SQLITE_CLASSES: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+
+/// The largest class.
+const SQLITE_CHUNK: usize = 256;
+
+/// Index into [`SQLITE_CLASSES`] of the smallest class that holds `n` rows (`n <= SQLITE_CHUNK`).
+fn class_index(n: usize) -> usize {
+    SQLITE_CLASSES
+        .iter()
+        .position(|&c| c >= n)
+        .unwrap_or(SQLITE_CLASSES.len() - 1)
+}
+
+/// `head` + `(VALUES (?2, ..), ..)` with `rows` rows of `width` numbered parameters starting at
+/// `?2` (`?1` is left for a per-statement value such as the timestamp) + `tail`.
+fn values_sql(head: &str, width: usize, rows: usize, tail: &str) -> String {
+    let mut sql = String::with_capacity(head.len() + tail.len() + rows * width * 7);
+    sql.push_str(head);
+    sql.push_str("(VALUES ");
+    let mut n = 2;
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..width {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('?');
+            sql.push_str(&n.to_string());
+            n += 1;
+        }
+        sql.push(')');
+    }
+    sql.push(')');
+    sql.push_str(tail);
+    sql
+}
+
+/// The statement of class `index` from `cell`, built on first use.
+fn class_sql(
+    cell: &'static OnceLock<Vec<String>>,
+    index: usize,
+    make: fn(usize) -> String,
+) -> &'static str {
+    let all = cell.get_or_init(|| SQLITE_CLASSES.iter().map(|&rows| make(rows)).collect());
+    all.get(index).map_or("", String::as_str)
+}
+
+/// SQLite: inserts up to [`SQLITE_CHUNK`] inbox rows (`?1` = `created_ts`).
+fn sqlite_inbox_sql(rows: usize) -> String {
+    values_sql(
+        "INSERT INTO to_device_inbox \
+         (user_id, device_id, pos, sender, event_type, content, created_ts) \
+         SELECT column1, column2, column3, column4, column5, column6, ?1 FROM ",
+        6,
+        rows,
+        " WHERE column1 IS NOT NULL",
+    )
+}
+
+/// SQLite: records up to [`SQLITE_CHUNK`] transaction keys (`?1` = `created_ts`) and returns
+/// the new ones.
+fn sqlite_txn_sql(rows: usize) -> String {
+    values_sql(
+        "INSERT INTO txn_ids (user_id, device_id, endpoint, txn_id, created_ts) \
+         SELECT column1, column2, column3, column4, ?1 FROM ",
+        4,
+        rows,
+        " WHERE column1 IS NOT NULL \
+         ON CONFLICT (user_id, device_id, endpoint, txn_id) DO NOTHING \
+         RETURNING user_id, device_id, endpoint, txn_id",
+    )
+}
+
+static SQLITE_INBOX_SQL: OnceLock<Vec<String>> = OnceLock::new();
+static SQLITE_TXN_SQL: OnceLock<Vec<String>> = OnceLock::new();
 
 impl MailboxOps for sqlx::SqliteConnection {
     async fn load_heads(
@@ -95,29 +208,75 @@ impl MailboxOps for sqlx::SqliteConnection {
         Ok(())
     }
 
-    /// One cached prepared statement per row: in-process SQLite makes this the fastest form.
+    /// One padded multi-row statement per [`SQLITE_CHUNK`] rows.
     async fn insert_inbox(
         &mut self,
         rows: &[InboxRow<'_>],
         now: Millis,
     ) -> Result<(), sqlx::Error> {
-        for row in rows {
-            sqlx::query(
-                "INSERT INTO to_device_inbox \
-                 (user_id, device_id, pos, sender, event_type, content, created_ts) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(&row.message.user_id)
-            .bind(&row.message.device_id)
-            .bind(row.pos)
-            .bind(&row.message.sender)
-            .bind(&row.message.event_type)
-            .bind(&row.message.content)
-            .bind(now)
-            .execute(&mut *self)
-            .await?;
+        for chunk in rows.chunks(SQLITE_CHUNK) {
+            let class = class_index(chunk.len());
+            let padding = SQLITE_CLASSES.get(class).map_or(0, |c| c - chunk.len());
+            let mut query =
+                sqlx::query(class_sql(&SQLITE_INBOX_SQL, class, sqlite_inbox_sql)).bind(now);
+            for row in chunk {
+                query = query
+                    .bind(row.message.user_id.as_str())
+                    .bind(row.message.device_id.as_str())
+                    .bind(row.pos)
+                    .bind(row.message.sender.as_str())
+                    .bind(row.message.event_type.as_str())
+                    .bind(row.message.content.as_str());
+            }
+            for _ in 0..padding {
+                query = query
+                    .bind(None::<&str>)
+                    .bind(None::<&str>)
+                    .bind(None::<i64>)
+                    .bind(None::<&str>)
+                    .bind(None::<&str>)
+                    .bind(None::<&str>);
+            }
+            query.execute(&mut *self).await?;
         }
         Ok(())
+    }
+
+    async fn record_txns<'k>(
+        &mut self,
+        keys: &[&'k TxnKey],
+        now: Millis,
+    ) -> Result<HashSet<TxnTuple>, sqlx::Error> {
+        let mut fresh = HashSet::with_capacity(keys.len());
+        for chunk in keys.chunks(SQLITE_CHUNK) {
+            let class = class_index(chunk.len());
+            let padding = SQLITE_CLASSES.get(class).map_or(0, |c| c - chunk.len());
+            let mut query =
+                sqlx::query(class_sql(&SQLITE_TXN_SQL, class, sqlite_txn_sql)).bind(now);
+            for key in chunk {
+                query = query
+                    .bind(key.user_id.as_str())
+                    .bind(key.device_id.as_str())
+                    .bind(key.endpoint.as_str())
+                    .bind(key.txn_id.as_str());
+            }
+            for _ in 0..padding {
+                query = query
+                    .bind(None::<&str>)
+                    .bind(None::<&str>)
+                    .bind(None::<&str>)
+                    .bind(None::<&str>);
+            }
+            for row in query.fetch_all(&mut *self).await? {
+                fresh.insert((
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                ));
+            }
+        }
+        Ok(fresh)
     }
 }
 
@@ -226,6 +385,45 @@ impl MailboxOps for sqlx::PgConnection {
         .await?;
         Ok(())
     }
+
+    /// One statement over arrays for the whole batch.
+    async fn record_txns<'k>(
+        &mut self,
+        keys: &[&'k TxnKey],
+        now: Millis,
+    ) -> Result<HashSet<TxnTuple>, sqlx::Error> {
+        if keys.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let users: Vec<&str> = keys.iter().map(|k| k.user_id.as_str()).collect();
+        let devices: Vec<&str> = keys.iter().map(|k| k.device_id.as_str()).collect();
+        let endpoints: Vec<&str> = keys.iter().map(|k| k.endpoint.as_str()).collect();
+        let txn_ids: Vec<&str> = keys.iter().map(|k| k.txn_id.as_str()).collect();
+        let rows = sqlx::query(
+            "INSERT INTO txn_ids (user_id, device_id, endpoint, txn_id, created_ts) \
+             SELECT u, d, e, t, $5 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) \
+             AS x(u, d, e, t) \
+             ON CONFLICT (user_id, device_id, endpoint, txn_id) DO NOTHING \
+             RETURNING user_id, device_id, endpoint, txn_id",
+        )
+        .bind(users)
+        .bind(devices)
+        .bind(endpoints)
+        .bind(txn_ids)
+        .bind(now)
+        .fetch_all(&mut *self)
+        .await?;
+        let mut fresh = HashSet::with_capacity(rows.len());
+        for row in rows {
+            fresh.insert((
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+            ));
+        }
+        Ok(fresh)
+    }
 }
 
 impl Store {
@@ -273,26 +471,23 @@ impl Store {
                 );
             }
 
+            // Idempotency: record every distinct transaction key of the batch with one
+            // statement; the ones it reports as new may be used by one request each.
+            let mut keys: Vec<&TxnKey> = requests.iter().map(|r| &r.txn).collect();
+            keys.sort_by(|a, b| txn_order(a).cmp(&txn_order(b)));
+            keys.dedup();
+            let mut fresh = MailboxOps::record_txns(&mut *tx, &keys, now).await?;
+
             let mut outcomes = Vec::with_capacity(requests.len());
             let mut rows: Vec<InboxRow<'_>> = Vec::new();
             let mut edus: Vec<&OutboundEdu> = Vec::new();
+            // Recorded keys whose request was refused (mailbox full): removed again below,
+            // unless a later request of the batch with the same key commits.
+            let mut refused: Vec<&TxnKey> = Vec::new();
             for request in requests {
                 let txn = &request.txn;
-                let fresh = sqlx::query(
-                    "INSERT INTO txn_ids (user_id, device_id, endpoint, txn_id, created_ts) \
-                     VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (user_id, device_id, endpoint, txn_id) DO NOTHING",
-                )
-                .bind(&txn.user_id)
-                .bind(&txn.device_id)
-                .bind(&txn.endpoint)
-                .bind(&txn.txn_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                    > 0;
-                if !fresh {
+                let tuple = txn_tuple(txn);
+                if !fresh.contains(&tuple) {
                     outcomes.push(SendOutcome::Duplicate);
                     continue;
                 }
@@ -307,19 +502,12 @@ impl Store {
                     .iter()
                     .any(|(key, n)| heads.get(key).is_some_and(|h| h.len + n > mailbox_cap));
                 if full {
-                    sqlx::query(
-                        "DELETE FROM txn_ids WHERE user_id = $1 AND device_id = $2 \
-                         AND endpoint = $3 AND txn_id = $4",
-                    )
-                    .bind(&txn.user_id)
-                    .bind(&txn.device_id)
-                    .bind(&txn.endpoint)
-                    .bind(&txn.txn_id)
-                    .execute(&mut *tx)
-                    .await?;
+                    refused.push(txn);
                     outcomes.push(SendOutcome::MailboxFull);
                     continue;
                 }
+                // Used: a later request of this batch with the same key is a duplicate.
+                fresh.remove(&tuple);
                 for message in &request.local {
                     let key = (message.user_id.as_str(), message.device_id.as_str());
                     if let Some(head) = heads.get_mut(&key) {
@@ -341,6 +529,21 @@ impl Store {
                 ));
             }
 
+            for txn in refused {
+                if !fresh.remove(&txn_tuple(txn)) {
+                    continue; // already removed, or used by a later request
+                }
+                sqlx::query(
+                    "DELETE FROM txn_ids WHERE user_id = $1 AND device_id = $2 \
+                     AND endpoint = $3 AND txn_id = $4",
+                )
+                .bind(&txn.user_id)
+                .bind(&txn.device_id)
+                .bind(&txn.endpoint)
+                .bind(&txn.txn_id)
+                .execute(&mut *tx)
+                .await?;
+            }
             MailboxOps::insert_inbox(&mut *tx, &rows, now).await?;
             let woken: Vec<String> = heads
                 .iter()
@@ -416,6 +619,97 @@ impl Store {
                 });
             }
             Ok(out)
+        })
+    }
+
+    /// Everything one `/sync` answer reads, on ONE pooled connection (one acquire instead of
+    /// one per statement), in this order: the device-list stream position, whether messages at
+    /// or before `after` are still queued (an acknowledgement to apply with
+    /// [`Store::ack_inbox`]), up to `limit` messages after `after`, the unclaimed one-time key
+    /// counts and the unused fallback key algorithms.
+    pub async fn sync_reads(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<SyncReads> {
+        with_pools!(self, |r, pg| {
+            let mut conn = r.acquire().await?;
+            let device_list_pos: i64 =
+                sqlx::query_scalar("SELECT value FROM stream_counters WHERE name = 'device_list'")
+                    .fetch_one(&mut *conn)
+                    .await?;
+            let stale: Option<i64> = sqlx::query_scalar(
+                "SELECT pos FROM to_device_inbox WHERE user_id = $1 AND device_id = $2 \
+                 AND pos <= $3 LIMIT 1",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .bind(after)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let rows = sqlx::query(
+                "SELECT pos, sender, event_type, content FROM to_device_inbox \
+                 WHERE user_id = $1 AND device_id = $2 AND pos > $3 ORDER BY pos LIMIT $4",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .bind(after)
+            .bind(limit.max(0))
+            .fetch_all(&mut *conn)
+            .await?;
+            let mut events = Vec::with_capacity(rows.len());
+            for row in &rows {
+                events.push(InboxEvent {
+                    pos: row.try_get("pos")?,
+                    sender: row.try_get("sender")?,
+                    event_type: row.try_get("event_type")?,
+                    content: row.try_get("content")?,
+                });
+            }
+            let rows = sqlx::query(
+                "SELECT algorithm, COUNT(*) AS n FROM one_time_keys \
+                 WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .fetch_all(&mut *conn)
+            .await?;
+            let mut one_time_key_counts = BTreeMap::new();
+            for row in &rows {
+                one_time_key_counts.insert(row.try_get("algorithm")?, row.try_get("n")?);
+            }
+            let unused_fallback_key_types = sqlx::query_scalar(
+                "SELECT algorithm FROM fallback_keys \
+                 WHERE user_id = $1 AND device_id = $2 AND used = FALSE ORDER BY algorithm",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .fetch_all(&mut *conn)
+            .await?;
+            Ok(SyncReads {
+                device_list_pos,
+                unacknowledged: stale.is_some(),
+                events,
+                one_time_key_counts,
+                unused_fallback_key_types,
+            })
+        })
+    }
+
+    /// Deletes the device's messages at or before `pos` (an acknowledgement).
+    pub async fn ack_inbox(&self, user_id: &str, device_id: &str, pos: i64) -> StoreResult<()> {
+        with_writer!(self, |w, pg| {
+            sqlx::query(
+                "DELETE FROM to_device_inbox WHERE user_id = $1 AND device_id = $2 AND pos <= $3",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .bind(pos)
+            .execute(w)
+            .await?;
+            StoreResult::Ok(())
         })
     }
 

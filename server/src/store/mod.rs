@@ -42,12 +42,14 @@ mod keys;
 mod mailbox;
 mod notify;
 mod retention;
+mod token_cache;
 
 pub use connect::SqliteSync;
-pub use federation::DestinationRow;
-pub use keys::MAX_ONE_TIME_KEYS_PER_DEVICE;
+pub use federation::{DestinationLockSession, DestinationRow};
+pub use keys::{Claimed, KeyClaim, MAX_ONE_TIME_KEYS_PER_DEVICE};
 pub use notify::{WakeListener, Wakeup, WAKE_CHANNEL};
 pub use retention::PruneCutoffs;
+pub use token_cache::TOKEN_CACHE_TTL;
 
 use sqlx::{PgPool, SqlitePool};
 
@@ -180,6 +182,21 @@ pub struct InboxEvent {
     pub content: String,
 }
 
+/// What one `/sync` answer reads ([`Store::sync_reads`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncReads {
+    /// Current device-list stream position (read first).
+    pub device_list_pos: i64,
+    /// Messages at or before the acknowledged position are still queued.
+    pub unacknowledged: bool,
+    /// Queued messages after the acknowledged position, in order.
+    pub events: Vec<InboxEvent>,
+    /// Unclaimed one-time keys per algorithm (algorithms with none are absent).
+    pub one_time_key_counts: std::collections::BTreeMap<String, i64>,
+    /// Algorithms whose fallback key is unused, ordered.
+    pub unused_fallback_key_types: Vec<String>,
+}
+
 /// An EDU queued for a remote server (drained by the federation sender).
 #[derive(Debug, Clone)]
 pub struct OutboundEdu {
@@ -230,6 +247,10 @@ pub enum SendOutcome {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// Recent access-token look-ups (see [`token_cache`]).
+    tokens: std::sync::Arc<token_cache::TokenCache>,
+    /// The group commit of one-time key claims (see [`Store::claim_keys`]).
+    claims: std::sync::Arc<keys::ClaimGroup>,
 }
 
 /// The concrete connections of one backend.
