@@ -27,7 +27,7 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn target(name: &str) -> fn(&[u8]) {
+fn target(name: &str) -> checks::Target {
     checks::TARGETS
         .iter()
         .find(|(n, _)| *n == name)

@@ -32,8 +32,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-/// The fuzz targets of this crate, by name, for the corpus replay test.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz target: it takes arbitrary bytes and panics on a finding.
+pub type Target = fn(&[u8]);
+
+/// The fuzz targets, by name, for the corpus replay test.
+pub const TARGETS: &[(&str, Target)] = &[
     ("xmatrix_header", xmatrix_header),
     ("canonical_json", canonical_json),
     ("signed_json", signed_json),

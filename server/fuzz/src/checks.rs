@@ -24,8 +24,11 @@ use hush_server::service::identifiers::{is_opaque_id, normalise_localpart, serve
 use hush_server::service::keys::validate_device_keys;
 use serde_json::{Map, Value};
 
-/// The fuzz targets of this file, by name, for the corpus replay test.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz target: it takes arbitrary bytes and panics on a finding.
+pub type Target = fn(&[u8]);
+
+/// The fuzz targets, by name, for the corpus replay test.
+pub const TARGETS: &[(&str, Target)] = &[
     ("fed_transaction", fed_transaction),
     ("client_bodies", client_bodies),
 ];
