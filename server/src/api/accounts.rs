@@ -26,22 +26,62 @@ pub async fn login_flows() -> Json<Value> {
 /// The `identifier` object of login and password UIA.
 #[derive(Debug, Deserialize)]
 pub struct Identifier {
+    /// The identifier type; only `m.id.user` is supported.
     #[serde(rename = "type")]
-    kind: String,
-    user: Option<String>,
+    pub kind: String,
+    /// The user name or full user ID.
+    pub user: Option<String>,
 }
 
 /// Body of `POST /login`.
 #[derive(Deserialize)]
 pub struct LoginRequest {
+    /// The login type; only `m.login.password` is supported.
     #[serde(rename = "type")]
-    kind: String,
-    identifier: Option<Identifier>,
+    pub kind: String,
+    /// Who is logging in.
+    pub identifier: Option<Identifier>,
     /// Deprecated top-level user.
-    user: Option<String>,
-    password: Option<String>,
-    device_id: Option<String>,
-    initial_device_display_name: Option<String>,
+    pub user: Option<String>,
+    /// The password.
+    pub password: Option<String>,
+    /// The device to reuse, if any.
+    pub device_id: Option<String>,
+    /// Display name of a new device.
+    pub initial_device_display_name: Option<String>,
+}
+
+/// A login request that passed every check that needs no database.
+pub struct CheckedLogin {
+    /// The user name or user ID as given (not yet normalised).
+    pub user: String,
+    /// The password to check.
+    pub password: String,
+    /// The requested device ID, or a fresh one.
+    pub device_id: String,
+    /// Display name of a new device.
+    pub display_name: Option<String>,
+}
+
+impl LoginRequest {
+    /// Checks the login type, the identifier, the password's presence and the device ID, in
+    /// that order (400/`M_UNKNOWN`-shaped errors, no database access).
+    pub fn check(self) -> ApiResult<CheckedLogin> {
+        if self.kind != uia::PASSWORD {
+            return Err(ApiError::unknown("Unknown login type"));
+        }
+        let user = login_user(self.identifier.as_ref(), self.user.as_deref())?;
+        let password = self
+            .password
+            .ok_or_else(|| ApiError::bad_json("password is required"))?;
+        let device_id = checked_device_id(self.device_id)?;
+        Ok(CheckedLogin {
+            user,
+            password,
+            device_id,
+            display_name: self.initial_device_display_name,
+        })
+    }
 }
 
 /// Picks the user name out of `identifier` or the legacy `user` field.
@@ -82,7 +122,8 @@ pub async fn check_password(state: &AppState, user: &str, password: String) -> A
     Ok(user_id)
 }
 
-fn checked_device_id(device_id: Option<String>) -> ApiResult<String> {
+/// A requested device ID if it is a valid opaque ID (else 400 `M_INVALID_PARAM`), or a fresh one.
+pub fn checked_device_id(device_id: Option<String>) -> ApiResult<String> {
     match device_id {
         Some(id) if is_opaque_id(&id) => Ok(id),
         Some(_) => Err(ApiError::invalid_param(
@@ -122,22 +163,14 @@ pub async fn login(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<Value>> {
-    if req.kind != uia::PASSWORD {
-        return Err(ApiError::unknown("Unknown login type"));
-    }
-    let user = login_user(req.identifier.as_ref(), req.user.as_deref())?;
-    let password = req
-        .password
-        .ok_or_else(|| ApiError::bad_json("password is required"))?;
-    let device_id = checked_device_id(req.device_id)?;
+    let CheckedLogin {
+        user,
+        password,
+        device_id,
+        display_name,
+    } = req.check()?;
     let user_id = check_password(&state, &user, password).await?;
-    let token = open_session(
-        &state,
-        &user_id,
-        &device_id,
-        req.initial_device_display_name.as_deref(),
-    )
-    .await?;
+    let token = open_session(&state, &user_id, &device_id, display_name.as_deref()).await?;
     Ok(Json(json!({
         "user_id": user_id,
         "access_token": token,
@@ -149,19 +182,26 @@ pub async fn login(
 /// Query of `POST /register`.
 #[derive(Debug, Deserialize)]
 pub struct RegisterQuery {
-    kind: Option<String>,
+    /// `user` (or absent); `guest` is refused.
+    pub kind: Option<String>,
 }
 
 /// Body of `POST /register`.
 #[derive(Deserialize)]
 pub struct RegisterRequest {
-    auth: Option<Value>,
-    username: Option<String>,
-    password: Option<String>,
-    device_id: Option<String>,
-    initial_device_display_name: Option<String>,
+    /// The user-interactive authentication dict.
+    pub auth: Option<Value>,
+    /// The wanted user name (a random one if absent).
+    pub username: Option<String>,
+    /// The password (an account without one cannot log in).
+    pub password: Option<String>,
+    /// The device to create.
+    pub device_id: Option<String>,
+    /// Display name of the new device.
+    pub initial_device_display_name: Option<String>,
+    /// Create the account without logging in.
     #[serde(default)]
-    inhibit_login: bool,
+    pub inhibit_login: bool,
 }
 
 fn registration_flows(mode: RegistrationMode) -> Vec<Vec<&'static str>> {
@@ -171,11 +211,17 @@ fn registration_flows(mode: RegistrationMode) -> Vec<Vec<&'static str>> {
     }
 }
 
+/// Normalises a requested username (a localpart or a user ID of `server_name`); 400
+/// `M_INVALID_USERNAME` if it is not allowed.
+pub fn requested_localpart(username: &str, server_name: &str) -> ApiResult<String> {
+    normalise_localpart(username, server_name)
+        .map_err(|e| ApiError::invalid_username(e.to_string()))
+}
+
 /// Normalises a requested username and checks it is free.
 async fn available_localpart(state: &AppState, username: &str) -> ApiResult<String> {
     let server_name = &state.config().server_name;
-    let localpart = normalise_localpart(username, server_name)
-        .map_err(|e| ApiError::invalid_username(e.to_string()))?;
+    let localpart = requested_localpart(username, server_name)?;
     let user_id = make_user_id(&localpart, server_name);
     if state.store().get_user(&user_id).await?.is_some() {
         return Err(ApiError::user_in_use());

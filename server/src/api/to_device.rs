@@ -16,6 +16,44 @@ use crate::store::{OutboundEdu, SendOutcome, SendRequest, ToDeviceMessage, TxnKe
 /// How long a sender whose recipient's mailbox is full should wait before retrying.
 pub const MAILBOX_FULL_RETRY_MS: u64 = 5_000;
 
+/// Checks the path parameters and the body of a sendToDevice request and returns its
+/// `messages` map (400 `M_INVALID_PARAM` or `M_BAD_JSON` otherwise). No database access.
+pub fn check_send_request<'a>(
+    event_type: &str,
+    txn_id: &str,
+    body: &'a Map<String, Value>,
+) -> ApiResult<&'a Map<String, Value>> {
+    if !is_opaque_id(txn_id) {
+        return Err(ApiError::invalid_param("Invalid transaction ID"));
+    }
+    if event_type.is_empty() || event_type.len() > 255 {
+        return Err(ApiError::invalid_param("Invalid event type"));
+    }
+    match body.get("messages") {
+        Some(Value::Object(m)) => Ok(m),
+        Some(_) => Err(ApiError::bad_json("`messages` must be an object")),
+        None => Err(ApiError::bad_json("`messages` is required")),
+    }
+}
+
+/// Checks one entry `messages.<user_id>` of a sendToDevice body: an object of object contents
+/// (else 400 `M_BAD_JSON`) for something shaped like a user ID (else 400 `M_INVALID_PARAM`).
+/// Returns the user's server name and the device map.
+pub fn check_user_messages<'a>(
+    user_id: &'a str,
+    devices: &'a Value,
+) -> ApiResult<(&'a str, &'a Map<String, Value>)> {
+    let devices = devices
+        .as_object()
+        .ok_or_else(|| ApiError::bad_json(format!("messages.{user_id} must be an object")))?;
+    if devices.values().any(|c| !c.is_object()) {
+        return Err(ApiError::bad_json("Message contents must be objects"));
+    }
+    let server = server_of(user_id)
+        .ok_or_else(|| ApiError::invalid_param(format!("`{user_id}` is not a user ID")))?;
+    Ok((server, devices))
+}
+
 /// Expands a request body into local messages and one EDU per remote destination.
 async fn expand(
     state: &AppState,
@@ -36,14 +74,7 @@ async fn expand(
     let mut remote: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
     let mut total = 0usize;
     for (user_id, devices) in messages {
-        let devices = devices
-            .as_object()
-            .ok_or_else(|| ApiError::bad_json(format!("messages.{user_id} must be an object")))?;
-        if devices.values().any(|c| !c.is_object()) {
-            return Err(ApiError::bad_json("Message contents must be objects"));
-        }
-        let server = server_of(user_id)
-            .ok_or_else(|| ApiError::invalid_param(format!("`{user_id}` is not a user ID")))?;
+        let (server, devices) = check_user_messages(user_id, devices)?;
         if server != server_name {
             total += devices.len();
             if total > max {
@@ -110,17 +141,7 @@ pub async fn send(
     Path((event_type, txn_id)): Path<(String, String)>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> ApiResult<Json<Value>> {
-    if !is_opaque_id(&txn_id) {
-        return Err(ApiError::invalid_param("Invalid transaction ID"));
-    }
-    if event_type.is_empty() || event_type.len() > 255 {
-        return Err(ApiError::invalid_param("Invalid event type"));
-    }
-    let messages = match body.get("messages") {
-        Some(Value::Object(m)) => m,
-        Some(_) => return Err(ApiError::bad_json("`messages` must be an object")),
-        None => return Err(ApiError::bad_json("`messages` is required")),
-    };
+    let messages = check_send_request(&event_type, &txn_id, &body)?;
     let (local, remote) = expand(&state, &auth.user_id, &event_type, messages).await?;
     let request = SendRequest {
         txn: TxnKey {

@@ -38,24 +38,8 @@ pub async fn send_transaction(
     request: FederationRequest,
 ) -> Result<Json<Value>, FederationError> {
     let origin = request.origin;
-    if txn_id.is_empty() || txn_id.len() > MAX_ID_LEN {
-        return Err(FederationError::new(
-            StatusCode::BAD_REQUEST,
-            "M_INVALID_PARAM",
-            "Invalid transaction ID",
-        ));
-    }
-    let Some(Value::Object(body)) = request.body else {
-        return Err(FederationError::bad_json("A transaction needs a JSON body"));
-    };
-    if let Some(claimed) = body.get("origin") {
-        if claimed.as_str() != Some(origin.as_str()) {
-            tracing::warn!(%origin, "transaction claims to come from another server");
-            return Err(FederationError::forbidden(
-                "The transaction's origin is not the signing server",
-            ));
-        }
-    }
+    check_txn_id(&txn_id)?;
+    let body = check_transaction_body(&origin, request.body)?;
     let app = &state.app;
     let txn_key = TxnKey {
         user_id: origin.to_string(),
@@ -67,13 +51,9 @@ pub async fn send_transaction(
         return Ok(Json(json!({"pdus": {}})));
     }
 
-    let edus = body.get("edus").and_then(Value::as_array);
     let mut requests = Vec::new();
-    for edu in edus.into_iter().flatten().take(MAX_EDUS) {
-        if edu.get("edu_type").and_then(Value::as_str) != Some(DIRECT_TO_DEVICE) {
-            continue;
-        }
-        match to_device_request(&state, &origin, edu.get("content")).await {
+    for edu in parse_to_device_edus(&origin, state.fed.server_name.as_str(), &body) {
+        match to_device_request(&state, &origin, edu).await {
             Ok(Some(request)) => requests.push(request),
             Ok(None) => {}
             Err(e) => return Err(internal(e)),
@@ -102,16 +82,91 @@ pub async fn send_transaction(
     Ok(Json(json!({"pdus": {}})))
 }
 
-/// Turns one `m.direct_to_device` EDU into a mailbox request, or `None` (logged) when it must be
-/// dropped.
-async fn to_device_request(
-    state: &FedState,
+/// Checks the `{txnId}` of the path: 1 to [`MAX_ID_LEN`] bytes, else 400 `M_INVALID_PARAM`.
+pub fn check_txn_id(txn_id: &str) -> Result<(), FederationError> {
+    if txn_id.is_empty() || txn_id.len() > MAX_ID_LEN {
+        return Err(FederationError::new(
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+            "Invalid transaction ID",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a transaction body from `origin` (the X-Matrix authenticated server): it must be a
+/// JSON object (else 400 `M_BAD_JSON`), and an `origin` field, if present, must name the signing
+/// server (else 403 `M_FORBIDDEN`). Returns the object.
+pub fn check_transaction_body(
     origin: &ServerName,
+    body: Option<Value>,
+) -> Result<Map<String, Value>, FederationError> {
+    let Some(Value::Object(body)) = body else {
+        return Err(FederationError::bad_json("A transaction needs a JSON body"));
+    };
+    if let Some(claimed) = body.get("origin") {
+        if claimed.as_str() != Some(origin.as_str()) {
+            tracing::warn!(%origin, "transaction claims to come from another server");
+            return Err(FederationError::forbidden(
+                "The transaction's origin is not the signing server",
+            ));
+        }
+    }
+    Ok(body)
+}
+
+/// One validated `m.direct_to_device` EDU of an inbound transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundToDevice {
+    /// The sending user, a valid user ID of the transaction's origin.
+    pub sender: String,
+    /// The event type of every message (1 to [`MAX_ID_LEN`] bytes).
+    pub event_type: String,
+    /// The sender's deduplication ID (1 to [`MAX_ID_LEN`] bytes).
+    pub message_id: String,
+    /// The messages for users of this server, per user in body order.
+    pub users: Vec<InboundUserMessages>,
+}
+
+/// The messages of one [`InboundToDevice`] EDU for one local user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundUserMessages {
+    /// The target user (a user of this server).
+    pub user_id: String,
+    /// `(device ID or "*", message content as JSON text)`; only object contents are kept.
+    pub devices: Vec<(String, String)>,
+}
+
+/// The `m.direct_to_device` EDUs of a checked transaction body (see
+/// [`check_transaction_body`]), validated without touching the database.
+///
+/// At most [`MAX_EDUS`] EDUs are read; other EDU types are ignored; an EDU without content or a
+/// required field, with a `sender` that is not a user of `origin`, or with a bad `type` or
+/// `message_id` is dropped (and logged). Targets that are not users of `our_name` and
+/// non-object device maps or contents are skipped. Never fails, whatever the body.
+pub fn parse_to_device_edus(
+    origin: &ServerName,
+    our_name: &str,
+    body: &Map<String, Value>,
+) -> Vec<InboundToDevice> {
+    let edus = body.get("edus").and_then(Value::as_array);
+    edus.into_iter()
+        .flatten()
+        .take(MAX_EDUS)
+        .filter(|edu| edu.get("edu_type").and_then(Value::as_str) == Some(DIRECT_TO_DEVICE))
+        .filter_map(|edu| parse_to_device_edu(origin, our_name, edu.get("content")))
+        .collect()
+}
+
+/// Validates the content of one `m.direct_to_device` EDU; `None` (logged) when it is dropped.
+fn parse_to_device_edu(
+    origin: &ServerName,
+    our_name: &str,
     content: Option<&Value>,
-) -> Result<Option<SendRequest>, StoreError> {
+) -> Option<InboundToDevice> {
     let Some(content) = content.and_then(Value::as_object) else {
         tracing::info!(%origin, "dropped a to-device EDU without content");
-        return Ok(None);
+        return None;
     };
     let field = |name: &str| content.get(name).and_then(Value::as_str);
     let (Some(sender), Some(event_type), Some(message_id), Some(messages)) = (
@@ -121,12 +176,12 @@ async fn to_device_request(
         content.get("messages").and_then(Value::as_object),
     ) else {
         tracing::info!(%origin, "dropped a to-device EDU missing required fields");
-        return Ok(None);
+        return None;
     };
     let sender_ok = UserId::parse(sender).is_ok_and(|u| u.server_name() == origin);
     if !sender_ok {
         tracing::warn!(%origin, "dropped a to-device EDU from a user of another server");
-        return Ok(None);
+        return None;
     }
     if event_type.is_empty()
         || event_type.len() > MAX_ID_LEN
@@ -134,12 +189,9 @@ async fn to_device_request(
         || message_id.len() > MAX_ID_LEN
     {
         tracing::info!(%origin, "dropped a to-device EDU with a bad type or message_id");
-        return Ok(None);
+        return None;
     }
-    let app = &state.app;
-    let our_name = state.fed.server_name.as_str();
-    let limit = app.config().limits.max_messages_per_request;
-    let mut local = Vec::new();
+    let mut users = Vec::new();
     for (user_id, devices) in messages {
         if server_of(user_id) != Some(our_name) {
             tracing::info!(%origin, "ignored to-device messages for a user not on this server");
@@ -148,22 +200,47 @@ async fn to_device_request(
         let Some(devices) = devices.as_object() else {
             continue;
         };
-        for (device_id, message) in devices {
-            if !message.is_object() {
-                continue;
-            }
-            let content = message.to_string();
+        let devices = devices
+            .iter()
+            .filter(|(_, message)| message.is_object())
+            .map(|(device_id, message)| (device_id.clone(), message.to_string()))
+            .collect();
+        users.push(InboundUserMessages {
+            user_id: user_id.clone(),
+            devices,
+        });
+    }
+    Some(InboundToDevice {
+        sender: sender.to_owned(),
+        event_type: event_type.to_owned(),
+        message_id: message_id.to_owned(),
+        users,
+    })
+}
+
+/// Turns one validated `m.direct_to_device` EDU into a mailbox request (expanding `*` to the
+/// user's devices), or `None` (logged) when it must be dropped for having too many messages.
+async fn to_device_request(
+    state: &FedState,
+    origin: &ServerName,
+    edu: InboundToDevice,
+) -> Result<Option<SendRequest>, StoreError> {
+    let app = &state.app;
+    let limit = app.config().limits.max_messages_per_request;
+    let mut local = Vec::new();
+    for user in edu.users {
+        for (device_id, content) in user.devices {
             let targets = if device_id == "*" {
-                app.store().device_ids(user_id).await?
+                app.store().device_ids(&user.user_id).await?
             } else {
-                vec![device_id.clone()]
+                vec![device_id]
             };
             for device_id in targets {
                 local.push(ToDeviceMessage {
-                    user_id: user_id.clone(),
+                    user_id: user.user_id.clone(),
                     device_id,
-                    sender: sender.to_owned(),
-                    event_type: event_type.to_owned(),
+                    sender: edu.sender.clone(),
+                    event_type: edu.event_type.clone(),
                     content: content.clone(),
                 });
             }
@@ -178,7 +255,7 @@ async fn to_device_request(
             user_id: origin.to_string(),
             device_id: String::new(),
             endpoint: MESSAGE_ENDPOINT.to_owned(),
-            txn_id: message_id.to_owned(),
+            txn_id: edu.message_id,
         },
         local,
         remote: Vec::new(),

@@ -1,0 +1,7 @@
+//! Fuzz target `canonical_json`: see [`hush_federation_fuzz::canonical_json`].
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    hush_federation_fuzz::canonical_json(data);
+});
