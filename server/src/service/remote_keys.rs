@@ -467,7 +467,11 @@ mod tests {
                 assert_eq!(answer["server"], server.as_str());
                 assert_eq!(answer["body"]["to"], server.as_str());
             }
-            assert!(answers[2].1.as_ref().unwrap_err().contains("did not answer"));
+            assert!(answers[2]
+                .1
+                .as_ref()
+                .unwrap_err()
+                .contains("did not answer"));
         }
         let answers = fan_out(None, RemoteKeyCall::Query, requests, 300).await;
         assert_eq!(answers.len(), 3);
