@@ -63,19 +63,23 @@ pub async fn fan_out(
             .collect();
     };
     let limit = Duration::from_millis(timeout_ms.saturating_add(FAN_OUT_GRACE_MS));
-    let calls = requests.into_iter().map(|(server, body)| async move {
-        let answer = {
-            let request = match call {
-                RemoteKeyCall::Query => proxy.query(&server, body, timeout_ms),
-                RemoteKeyCall::Claim => proxy.claim(&server, body, timeout_ms),
+    // Collected first, so no closure is part of the stream's type.
+    let calls: Vec<_> = requests
+        .into_iter()
+        .map(|(server, body)| async move {
+            let answer = {
+                let request = match call {
+                    RemoteKeyCall::Query => proxy.query(&server, body, timeout_ms),
+                    RemoteKeyCall::Claim => proxy.claim(&server, body, timeout_ms),
+                };
+                match tokio::time::timeout(limit, request).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(format!("{server} did not answer in time")),
+                }
             };
-            match tokio::time::timeout(limit, request).await {
-                Ok(answer) => answer,
-                Err(_) => Err(format!("{server} did not answer in time")),
-            }
-        };
-        (server, answer)
-    });
+            (server, answer)
+        })
+        .collect();
     let mut answers: Vec<(String, Result<Value, String>)> = futures::stream::iter(calls)
         .buffer_unordered(MAX_PARALLEL_DESTINATIONS)
         .collect()
@@ -433,7 +437,7 @@ mod tests {
                     std::future::pending::<()>().await;
                 }
                 self.barrier.wait().await;
-                Ok(serde_json::json!({"server": destination, "body": body}))
+                Ok::<Value, String>(serde_json::json!({"server": destination, "body": body}))
             })
         }
 
