@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use crate::config::Config;
 use crate::service::keys::RemoteKeys;
 use crate::service::mailbox::{MailboxTask, MailboxWriter, OutboundPoke, OutboundPokeSlot};
-use crate::service::notify::Notifier;
+use crate::service::notify::{Notifier, WakeRelay};
 use crate::service::pruner::PrunerTask;
 use crate::store::{Store, StoreError};
 
@@ -23,6 +23,7 @@ struct Inner {
     remote_keys: OnceLock<Arc<dyn RemoteKeys>>,
     outbound_poke: OutboundPokeSlot,
     tasks: Mutex<Option<(MailboxTask, PrunerTask)>>,
+    relay: Mutex<Option<WakeRelay>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -36,9 +37,18 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     /// Builds the state and starts the background services (the group-commit mailbox writer
-    /// and the retention pruner). Must be called inside a tokio runtime.
+    /// and the retention pruner). On PostgreSQL it also starts the cross-process wake-up relay
+    /// (`LISTEN hush_wake`, see [`WakeRelay`]), so syncs waiting here wake for writes made by
+    /// other `hushd` processes on the same database. Must be called inside a tokio runtime.
     pub async fn new(config: Arc<Config>, store: Store) -> Result<AppState, StoreError> {
-        Ok(AppState::with_notifier(config, store, Notifier::new()))
+        let (notifier, relay) = WakeRelay::start(&store).await?;
+        let state = AppState::with_notifier(config, store, notifier);
+        *state
+            .inner
+            .relay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = relay;
+        Ok(state)
     }
 
     /// Like [`AppState::new`] with a given notifier (for example one that forwards wake-ups to
@@ -61,6 +71,7 @@ impl AppState {
                 remote_keys: OnceLock::new(),
                 outbound_poke,
                 tasks: Mutex::new(Some((mailbox_task, pruner))),
+                relay: Mutex::new(None),
             }),
         }
     }
@@ -108,8 +119,8 @@ impl AppState {
         self.inner.remote_keys.get()
     }
 
-    /// Stops the background services: pending group commits are flushed first, then the writer
-    /// and the pruner stop. Requests submitted afterwards get 503. Idempotent.
+    /// Stops the background services: pending group commits are flushed first, then the writer,
+    /// the pruner and the wake-up relay stop. Requests submitted afterwards get 503. Idempotent.
     pub async fn shutdown(&self) {
         let tasks = self
             .inner
@@ -120,6 +131,15 @@ impl AppState {
         if let Some((mailbox, pruner)) = tasks {
             mailbox.shutdown().await;
             pruner.shutdown().await;
+        }
+        let relay = self
+            .inner
+            .relay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(relay) = relay {
+            relay.shutdown().await;
         }
     }
 }

@@ -4,17 +4,31 @@
 //! when nobody waits) plus one shared device-list channel. Writers call [`Notifier::wake`] after
 //! their data is committed; a subscribed sync wakes within the same scheduler tick.
 //!
-//! Cross-process seam: with several `hushd` processes on one PostgreSQL, a write in one process
-//! must wake a sync waiting in another. [`Notifier::with_broadcast`] installs a [`WakeBroadcast`]
-//! that forwards every local wake (for example as `NOTIFY hush_wake, '<json>'`); the matching
-//! listener task (`LISTEN hush_wake`) calls [`Notifier::deliver_local`] for events from other
-//! processes. The in-process path needs nothing else.
+//! Across processes (several `hushd` on one PostgreSQL, see `docs/scaling.md`), a write in one
+//! process must wake a sync waiting in another:
+//!
+//! * Device wake-ups (new mail, a claimed one-time key) are sent by the store itself as
+//!   `NOTIFY hush_wake` inside the writing transaction, so they are delivered exactly when the
+//!   data is visible. The broadcast below therefore does not repeat them.
+//! * Device-list changes are announced after their commit by [`PgWakeBroadcast`], installed with
+//!   [`Notifier::with_broadcast`] (changes close together share one `NOTIFY`).
+//! * [`WakeRelay`] holds a `LISTEN hush_wake` connection and hands other processes' events to
+//!   [`Notifier::deliver_local`]. Notifications a process sent itself are skipped (it woke its
+//!   own waiters directly). When the connection drops it reconnects with backoff and then wakes
+//!   every local waiter once, since anything sent during the gap was missed.
+//!
+//! On SQLite (one process) none of this runs; the in-process path needs nothing else.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::watch;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::store::{Store, StoreError, WakeListener, Wakeup};
 
 /// Something that happened and may be of interest to waiting syncs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -129,6 +143,24 @@ impl Notifier {
         }
     }
 
+    /// Wakes every local waiter once (after a gap in which wake-ups from other processes may
+    /// have been missed). Each waiting sync re-reads its state and answers.
+    pub fn wake_all_local(&self) {
+        {
+            let devices = self
+                .inner
+                .devices
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for sender in devices.values() {
+                sender.send_modify(|v| *v = v.wrapping_add(1));
+            }
+        }
+        self.inner
+            .device_lists
+            .send_modify(|v| *v = v.wrapping_add(1));
+    }
+
     /// Subscribes a device. Subscribe *before* reading the store so that no commit between the
     /// read and the wait is missed.
     pub fn subscribe(&self, user_id: &str, device_id: &str) -> Subscription {
@@ -219,6 +251,120 @@ impl Drop for Subscription {
     }
 }
 
+/// Shortest pause before reconnecting the wake-up listener after a failure.
+const RELAY_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest pause between reconnection attempts.
+const RELAY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Announces device-list changes to other processes (PostgreSQL `NOTIFY`, sent by a background
+/// task of [`WakeRelay`] so the caller never waits). Device wake-ups are not repeated: the store
+/// already sends them inside the writing transaction.
+#[derive(Debug, Default)]
+pub struct PgWakeBroadcast {
+    device_lists: Arc<Notify>,
+}
+
+impl WakeBroadcast for PgWakeBroadcast {
+    fn broadcast(&self, event: &WakeEvent) {
+        if matches!(event, WakeEvent::DeviceLists) {
+            // Stores one permit: changes arriving while a NOTIFY is being sent share the next.
+            self.device_lists.notify_one();
+        }
+    }
+}
+
+/// The cross-process wake-up tasks of one process (PostgreSQL only).
+#[derive(Debug)]
+pub struct WakeRelay {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl WakeRelay {
+    /// Builds the notifier of a process and, on PostgreSQL, starts listening for other
+    /// processes' wake-ups. On SQLite returns a purely local notifier and no relay.
+    pub async fn start(store: &Store) -> Result<(Notifier, Option<WakeRelay>), StoreError> {
+        let Some(listener) = store.listen_wakeups().await? else {
+            return Ok((Notifier::new(), None));
+        };
+        let broadcast = Arc::new(PgWakeBroadcast::default());
+        let announce = broadcast.device_lists.clone();
+        let notifier = Notifier::with_broadcast(broadcast);
+        let (stop, _) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(relay(listener, notifier.clone(), stop.subscribe())),
+            tokio::spawn(announce_device_lists(
+                store.clone(),
+                announce,
+                stop.subscribe(),
+            )),
+        ];
+        Ok((notifier, Some(WakeRelay { stop, tasks })))
+    }
+
+    /// Stops listening and announcing.
+    pub async fn shutdown(self) {
+        self.stop.send_replace(true);
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "wake-up relay ended abnormally");
+            }
+        }
+    }
+}
+
+/// Hands other processes' wake-ups to local waiters; reconnects with backoff.
+async fn relay(mut listener: WakeListener, notifier: Notifier, mut stop: watch::Receiver<bool>) {
+    let mut backoff = RELAY_BACKOFF_MIN;
+    loop {
+        let next = tokio::select! {
+            next = listener.recv() => next,
+            _ = stop.changed() => return,
+        };
+        match next {
+            Ok(Wakeup::Device { user_id, device_id }) => {
+                notifier.deliver_local(&WakeEvent::Device { user_id, device_id });
+            }
+            Ok(Wakeup::DeviceLists) => notifier.deliver_local(&WakeEvent::DeviceLists),
+            Ok(Wakeup::Lost) => {
+                tracing::warn!(
+                    waiting = notifier.waiting(),
+                    "wake-up listener reconnected; waking every waiting sync once"
+                );
+                notifier.wake_all_local();
+                backoff = RELAY_BACKOFF_MIN;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64,
+                    "wake-up listener lost its database connection");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(RELAY_BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Sends one `NOTIFY` per burst of device-list changes.
+async fn announce_device_lists(
+    store: Store,
+    pending: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = pending.notified() => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = store.notify_device_lists().await {
+            // Other processes' syncs see the change at their next wake-up or timeout.
+            tracing::warn!(error = %e, "cannot announce a device-list change to other processes");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +411,32 @@ mod tests {
                 v.push(event.clone());
             }
         }
+    }
+
+    #[tokio::test]
+    async fn wake_all_local_wakes_every_device() {
+        let n = Notifier::new();
+        let mut a = n.subscribe("@a:hs", "D");
+        let mut b = n.subscribe("@b:hs", "E");
+        n.wake_all_local();
+        let woken = tokio::time::timeout(Duration::from_secs(5), a.changed()).await;
+        assert_eq!(woken.ok(), Some(Woken::Device));
+        let woken = tokio::time::timeout(Duration::from_secs(5), b.changed()).await;
+        assert_eq!(woken.ok(), Some(Woken::Device));
+    }
+
+    #[test]
+    fn pg_broadcast_forwards_only_device_lists() {
+        let b = PgWakeBroadcast::default();
+        b.broadcast(&WakeEvent::Device {
+            user_id: "@a:hs".into(),
+            device_id: "D".into(),
+        });
+        let fut = b.device_lists.notified();
+        tokio::pin!(fut);
+        assert!(!fut.as_mut().enable(), "device wakes are not forwarded");
+        b.broadcast(&WakeEvent::DeviceLists);
+        assert!(fut.as_mut().enable(), "device-list changes are");
     }
 
     #[test]

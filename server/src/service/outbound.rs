@@ -13,13 +13,22 @@
 //!   backoff at once, as does `hushd admin federation reset` (the waiting task rechecks the
 //!   stored retry state every few seconds).
 //! * Destinations the allow/deny lists refuse get nothing: their queue is dropped (logged).
+//! * Several processes on one PostgreSQL: a sender task first takes the destination's advisory
+//!   lock on the process's dedicated lock session ([`DestinationLockSession`]); a destination
+//!   whose lock another process holds is left to that process (and tried again after
+//!   [`CONTENDED_RETRY`]). When the owner dies PostgreSQL releases its locks and the next poll of
+//!   another process takes over. If this process loses its lock session (checked every
+//!   [`LOCK_PING`]), every sender task stops before its next attempt: the locks may already
+//!   belong to someone else. A task releases its lock when its queue is empty, then pokes the
+//!   manager, so EDUs queued by a process that found the lock taken are not left waiting. On
+//!   SQLite (one process) no lock is taken. See `docs/adr/0004-federation-sender-advisory-locks.md`.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hush_federation::canonical::to_canonical_bytes;
 use hush_federation::ids::ServerName;
@@ -31,7 +40,7 @@ use tokio::task::JoinHandle;
 
 use crate::service::federation_policy::ServerPolicy;
 use crate::store::federation_txn::InflightTxn;
-use crate::store::{DestinationRow, Millis, Store};
+use crate::store::{DestinationLockSession, DestinationRow, Millis, Store};
 
 /// Most EDUs in one transaction (the protocol's limit).
 pub const MAX_EDUS_PER_TXN: i64 = 100;
@@ -39,6 +48,14 @@ pub const MAX_EDUS_PER_TXN: i64 = 100;
 pub const MAX_RETRY_DELAY_MS: u64 = 60 * 60 * 1000;
 /// How often a backing-off task rechecks the stored retry state (for admin resets).
 const RECHECK_MS: u64 = 3_000;
+/// After failing to take a destination's lock (another process sends to it), how long this
+/// process leaves it alone. Bounds how fast a dead owner's destinations are taken over.
+pub const CONTENDED_RETRY: Duration = Duration::from_secs(1);
+/// How often the lock session is checked; a session that fails the check (or takes longer than
+/// [`LOCK_PING_TIMEOUT`]) is dropped and every sender task of this process stops.
+pub const LOCK_PING: Duration = Duration::from_secs(2);
+/// Longest wait for the lock session's answer to a check.
+const LOCK_PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A boxed future returned by [`TransactionTransport::send`].
 pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
@@ -108,8 +125,145 @@ struct Destination {
     backing_off: AtomicBool,
 }
 
+/// Which destinations this process may send to (advisory locks on PostgreSQL).
+struct Ownership {
+    /// PostgreSQL: destinations need a lock. SQLite: everything is ours.
+    postgres: bool,
+    /// The lock session; `None` until first needed and after it was lost.
+    session: tokio::sync::Mutex<Option<DestinationLockSession>>,
+    /// Bumped whenever the session is lost: tasks that took their lock under an older value no
+    /// longer own their destination.
+    generation: watch::Sender<u64>,
+    /// Destinations another process held when we last tried, with when to try again.
+    contended: Mutex<HashMap<String, Instant>>,
+}
+
+impl Ownership {
+    fn new(postgres: bool) -> Ownership {
+        Ownership {
+            postgres,
+            session: tokio::sync::Mutex::new(None),
+            generation: watch::channel(0).0,
+            contended: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    fn lose_session(&self, session: &mut Option<DestinationLockSession>, why: &str) {
+        if session.take().is_some() {
+            tracing::warn!(
+                reason = why,
+                "lost the federation lock session; every destination of this process stops sending"
+            );
+            self.generation.send_modify(|g| *g = g.wrapping_add(1));
+        }
+    }
+
+    fn is_contended(&self, destination: &str) -> bool {
+        let mut contended = self
+            .contended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match contended.get(destination) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                contended.remove(destination);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Takes the lock of `destination`; `Some(generation)` when this process now owns it.
+    async fn acquire(&self, store: &Store, destination: &str) -> Result<Option<u64>, String> {
+        if !self.postgres {
+            return Ok(Some(0));
+        }
+        let mut guard = self.session.lock().await;
+        if guard.is_none() {
+            *guard = store
+                .destination_lock_session()
+                .await
+                .map_err(|e| format!("cannot open the lock session: {e}"))?;
+            if guard.is_none() {
+                return Ok(Some(0));
+            }
+        }
+        let generation = self.generation();
+        let Some(session) = guard.as_mut() else {
+            return Ok(None);
+        };
+        match session.try_lock(destination).await {
+            Ok(true) => Ok(Some(generation)),
+            Ok(false) => {
+                self.contended
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(destination.to_owned(), Instant::now() + CONTENDED_RETRY);
+                Ok(None)
+            }
+            Err(e) => {
+                self.lose_session(&mut guard, "lock query failed");
+                Err(format!("cannot take the destination lock: {e}"))
+            }
+        }
+    }
+
+    /// Releases the lock of `destination` taken under `generation` (nothing to do when the
+    /// session was lost since: the lock went with it).
+    async fn release(&self, destination: &str, generation: u64) {
+        if !self.postgres {
+            return;
+        }
+        let mut guard = self.session.lock().await;
+        if self.generation() != generation {
+            return;
+        }
+        if let Some(session) = guard.as_mut() {
+            match session.unlock(destination).await {
+                Ok(true) => {
+                    tracing::info!(%destination, "stopped sending to this destination (lock released)");
+                }
+                Ok(false) => tracing::warn!(%destination, "destination lock was not held"),
+                Err(e) => {
+                    tracing::warn!(%destination, error = %e, "cannot release a destination lock");
+                    self.lose_session(&mut guard, "unlock failed");
+                }
+            }
+        }
+    }
+
+    /// Checks the lock session every [`LOCK_PING`] until `stop`.
+    async fn keep_alive(&self, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(LOCK_PING) => {}
+                _ = stop.changed() => return,
+            }
+            let mut guard = self.session.lock().await;
+            let Some(session) = guard.as_mut() else {
+                continue;
+            };
+            match tokio::time::timeout(LOCK_PING_TIMEOUT, session.ping()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "federation lock session check failed");
+                    self.lose_session(&mut guard, "check failed");
+                }
+                Err(_) => self.lose_session(&mut guard, "check timed out"),
+            }
+        }
+    }
+}
+
 struct Inner {
     store: Store,
+    ownership: Ownership,
+    /// When we last reset the backoff of a destination another process may be sending to.
+    remote_resets: Mutex<HashMap<String, Instant>>,
     transport: Arc<dyn TransactionTransport>,
     policy: Arc<ServerPolicy>,
     config: OutboundConfig,
@@ -160,9 +314,12 @@ impl OutboundSender {
         config: OutboundConfig,
     ) -> (OutboundSender, OutboundTask) {
         let (stop, _) = watch::channel(false);
+        let postgres = store.is_postgres();
         let sender = OutboundSender {
             inner: Arc::new(Inner {
                 store,
+                ownership: Ownership::new(postgres),
+                remote_resets: Mutex::new(HashMap::new()),
                 transport,
                 policy,
                 config,
@@ -175,6 +332,11 @@ impl OutboundSender {
             }),
         };
         let handle = tokio::spawn(sender.clone().manage());
+        if postgres {
+            let this = sender.clone();
+            let stop = this.inner.stop.subscribe();
+            tokio::spawn(async move { this.inner.ownership.keep_alive(stop).await });
+        }
         (sender, OutboundTask { handle })
     }
 
@@ -206,6 +368,7 @@ impl OutboundSender {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(name);
+        let dormant = dormant || (self.inner.ownership.postgres && self.remote_reset_due(name));
         if dormant {
             let this = self.clone();
             let name = name.to_owned();
@@ -221,6 +384,28 @@ impl OutboundSender {
                 }
                 this.poke();
             });
+        }
+    }
+
+    /// With several processes, the task backing off for `destination` may run in another one;
+    /// it rechecks the stored retry state, so we reset it there, at most once per [`RECHECK_MS`]
+    /// per destination.
+    fn remote_reset_due(&self, destination: &str) -> bool {
+        let now = Instant::now();
+        let mut resets = self
+            .inner
+            .remote_resets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if resets.len() > 10_000 {
+            resets.retain(|_, at| now.duration_since(*at) < Duration::from_millis(RECHECK_MS));
+        }
+        match resets.get(destination) {
+            Some(at) if now.duration_since(*at) < Duration::from_millis(RECHECK_MS) => false,
+            _ => {
+                resets.insert(destination.to_owned(), now);
+                true
+            }
         }
     }
 
@@ -284,6 +469,9 @@ impl OutboundSender {
     }
 
     fn ensure_task(&self, destination: String) {
+        if self.inner.ownership.is_contended(&destination) {
+            return;
+        }
         let dest = {
             let mut active = self
                 .inner
@@ -307,19 +495,53 @@ impl OutboundSender {
             .remove(&destination);
         let this = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = this.drain(&destination, &dest).await {
-                tracing::warn!(%destination, error = %e, "federation sender stopped; will restart");
+            let owned = match this
+                .inner
+                .ownership
+                .acquire(&this.inner.store, &destination)
+                .await
+            {
+                Ok(owned) => owned,
+                Err(e) => {
+                    tracing::warn!(%destination, error = %e, "federation sender cannot start");
+                    None
+                }
+            };
+            if let Some(generation) = owned {
+                if this.inner.ownership.postgres {
+                    tracing::info!(%destination, "sending to this destination (lock taken)");
+                }
+                if let Err(e) = this.drain(&destination, &dest, generation).await {
+                    tracing::warn!(%destination, error = %e, "federation sender stopped; will restart");
+                }
+                this.inner.ownership.release(&destination, generation).await;
             }
             this.inner
                 .active
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&destination);
+            if owned.is_some() && this.inner.ownership.postgres {
+                // Another process may have queued EDUs while we held the lock and found it
+                // taken: look again now that it is free.
+                this.poke();
+            }
         });
     }
 
-    /// Sends everything queued for `destination`, one transaction at a time.
-    async fn drain(&self, destination: &str, dest: &Destination) -> Result<(), String> {
+    /// Whether this process still owns what it locked under `generation`.
+    fn owns(&self, generation: u64) -> bool {
+        self.inner.ownership.generation() == generation
+    }
+
+    /// Sends everything queued for `destination`, one transaction at a time, while this process
+    /// owns it (lock taken under `generation`).
+    async fn drain(
+        &self,
+        destination: &str,
+        dest: &Destination,
+        generation: u64,
+    ) -> Result<(), String> {
         let store = &self.inner.store;
         let name = ServerName::parse(destination).map_err(|e| e.to_string())?;
         if !self.inner.policy.allows(&name) {
@@ -336,7 +558,7 @@ impl OutboundSender {
             .map_err(|e| e.to_string())?
             .map(|row| u32::try_from(row.retry_count).unwrap_or(u32::MAX))
             .unwrap_or(0);
-        while !self.stopping() {
+        while !self.stopping() && self.owns(generation) {
             let txn = match store
                 .federation_inflight(destination)
                 .await
@@ -353,7 +575,18 @@ impl OutboundSender {
                 if self.stopping() {
                     return Ok(());
                 }
-                match self.inner.transport.send(&name, &txn.txn_id, &body).await {
+                if !self.owns(generation) {
+                    return Err("lost the destination lock".to_owned());
+                }
+                let mut lost = self.inner.ownership.generation.subscribe();
+                let sent = tokio::select! {
+                    sent = self.inner.transport.send(&name, &txn.txn_id, &body) => sent,
+                    // The same txnId is retried by the next owner; the receiver deduplicates.
+                    _ = lost.wait_for(|g| *g != generation) => {
+                        return Err("lost the destination lock".to_owned());
+                    }
+                };
+                match sent {
                     Ok(()) => {
                         store
                             .federation_finish_txn(&txn, now_ms())
@@ -389,7 +622,7 @@ impl OutboundSender {
                             .await
                             .map_err(|e| e.to_string())?;
                         dest.backing_off.store(true, Ordering::Release);
-                        if self.wait_backoff(destination, dest, next).await {
+                        if self.wait_backoff(destination, dest, next, generation).await {
                             failures = 0;
                         }
                     }
@@ -399,13 +632,20 @@ impl OutboundSender {
         Ok(())
     }
 
-    /// Waits until `until`, an early wake (contact), an admin reset, or shutdown. Returns
-    /// `true` when the backoff was cut short by a contact or reset.
-    async fn wait_backoff(&self, destination: &str, dest: &Destination, until: Millis) -> bool {
+    /// Waits until `until`, an early wake (contact), an admin reset, shutdown or the loss of
+    /// the destination lock. Returns `true` when the backoff was cut short by a contact or reset.
+    async fn wait_backoff(
+        &self,
+        destination: &str,
+        dest: &Destination,
+        until: Millis,
+        generation: u64,
+    ) -> bool {
         let mut stop = self.inner.stop.subscribe();
+        let mut lost = self.inner.ownership.generation.subscribe();
         loop {
             let now = now_ms();
-            if now >= until || self.stopping() {
+            if now >= until || self.stopping() || !self.owns(generation) {
                 return false;
             }
             let left = u64::try_from(until - now).unwrap_or(0);
@@ -417,6 +657,7 @@ impl OutboundSender {
                     return true;
                 }
                 _ = stop.changed() => return false,
+                _ = lost.changed() => return false,
             }
             // An admin may have reset the destination in the database.
             if let Ok(Some(row)) = self.inner.store.destination_state(destination).await {

@@ -182,3 +182,81 @@ impl Store {
         })
     }
 }
+
+/// First key of every destination lock (`pg_try_advisory_lock(int, int)`), so Hush's advisory
+/// locks cannot collide with another application's on the same database ("HUSH" in ASCII).
+const DESTINATION_LOCK_SPACE: i32 = 0x4855_5348;
+
+/// A dedicated PostgreSQL session holding the session-level advisory locks of the federation
+/// destinations this process sends to (see `docs/adr/0004-federation-sender-advisory-locks.md`).
+///
+/// PostgreSQL releases every lock when the session ends, so when the process dies (or its
+/// connection does), other processes can take its destinations over at once. The second lock key
+/// is `hashtext(destination)`: two destinations may share a lock, which only means that one
+/// process sends both.
+pub struct DestinationLockSession {
+    conn: sqlx::PgConnection,
+}
+
+impl std::fmt::Debug for DestinationLockSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DestinationLockSession")
+            .finish_non_exhaustive()
+    }
+}
+
+impl DestinationLockSession {
+    /// Takes the lock of `destination` if no other session holds it. Taking a lock this session
+    /// already holds succeeds again (and must then be released as often).
+    pub async fn try_lock(&mut self, destination: &str) -> StoreResult<bool> {
+        Ok(
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+                .bind(DESTINATION_LOCK_SPACE)
+                .bind(destination)
+                .fetch_one(&mut self.conn)
+                .await?,
+        )
+    }
+
+    /// Releases the lock of `destination`; `false` if this session did not hold it.
+    pub async fn unlock(&mut self, destination: &str) -> StoreResult<bool> {
+        Ok(
+            sqlx::query_scalar("SELECT pg_advisory_unlock($1, hashtext($2))")
+                .bind(DESTINATION_LOCK_SPACE)
+                .bind(destination)
+                .fetch_one(&mut self.conn)
+                .await?,
+        )
+    }
+
+    /// Checks that the session is still alive (a round trip).
+    pub async fn ping(&mut self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&mut self.conn).await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Opens a dedicated session for federation destination locks: `None` on SQLite, where one
+    /// process owns the database and needs no lock. The session asks the server to probe the
+    /// connection with TCP keep-alives so that a vanished client releases its locks soon.
+    pub async fn destination_lock_session(&self) -> StoreResult<Option<DestinationLockSession>> {
+        use sqlx::Connection as _;
+        let super::Backend::Postgres(pool) = &self.backend else {
+            return Ok(None);
+        };
+        let options = pool.connect_options();
+        let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+        for setting in [
+            "SET tcp_keepalives_idle = 5",
+            "SET tcp_keepalives_interval = 2",
+            "SET tcp_keepalives_count = 3",
+        ] {
+            // Not fatal: some PostgreSQL-compatible databases do not have these settings.
+            if let Err(e) = sqlx::query(setting).execute(&mut conn).await {
+                tracing::debug!(error = %e, setting, "keep-alive setting refused");
+            }
+        }
+        Ok(Some(DestinationLockSession { conn }))
+    }
+}

@@ -44,7 +44,7 @@ mod notify;
 mod retention;
 
 pub use connect::SqliteSync;
-pub use federation::DestinationRow;
+pub use federation::{DestinationLockSession, DestinationRow};
 pub use keys::MAX_ONE_TIME_KEYS_PER_DEVICE;
 pub use notify::{WakeListener, Wakeup, WAKE_CHANNEL};
 pub use retention::PruneCutoffs;

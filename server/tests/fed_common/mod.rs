@@ -154,14 +154,28 @@ impl TestServer {
         federation_extra: &str,
         sections: &str,
     ) -> TestServer {
+        let database_url = match db {
+            Db::Sqlite => None,
+            Db::Postgres => Some(fresh_postgres().await),
+        };
+        Self::start_on(ca, ip, database_url, federation_extra, sections).await
+    }
+
+    /// Like [`TestServer::start_with`] on the database at `database_url` (`None`: SQLite in the
+    /// server's directory).
+    pub async fn start_on(
+        ca: &TestCa,
+        ip: &str,
+        database_url: Option<String>,
+        federation_extra: &str,
+        sections: &str,
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port(ip);
         let name = format!("{ip}:{port}");
         let (cert, key) = ca.issue(ip, dir.path());
-        let database_url = match db {
-            Db::Sqlite => format!("sqlite://{}", dir.path().join("hushd.db").display()),
-            Db::Postgres => fresh_postgres().await,
-        };
+        let database_url = database_url
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("hushd.db").display()));
         let signing_key = dir.path().join("signing.key");
         hush_federation::keys::ServerSigningKey::generate_random_version()
             .save(&signing_key)
