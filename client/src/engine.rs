@@ -10,6 +10,7 @@
 //! - receiving: the session state, the plaintext and the sync position of a whole batch are
 //!   committed in one transaction; a re-delivered event is recognised by its digest.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -920,16 +921,15 @@ impl Client {
             let Ok(sender_ik) = IdentityKey::from_base64(&pin.ed25519) else {
                 continue;
             };
-            let key = (ev.sender.clone(), pin.device_id.clone());
-            if !records.contains_key(&key) {
-                let record = self
-                    .store
-                    .record(&mut tx, &ev.sender, &pin.device_id)
-                    .await?;
-                records.insert(key.clone(), (record, false));
-            }
-            let Some((record, dirty)) = records.get_mut(&key) else {
-                continue;
+            let (record, dirty) = match records.entry((ev.sender.clone(), pin.device_id.clone())) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let record = self
+                        .store
+                        .record(&mut tx, &ev.sender, &pin.device_id)
+                        .await?;
+                    e.insert((record, false))
+                }
             };
             // Decrypt into a copy; it replaces the record only if the payload checks out.
             let mut work = record.clone();
@@ -1086,7 +1086,7 @@ impl PinCache {
         user: &str,
         curve: &Curve25519PublicKey,
     ) -> ClientResult<Option<PinnedDevice>> {
-        if !self.by_user.contains_key(user) {
+        if let Entry::Vacant(slot) = self.by_user.entry(user.to_owned()) {
             let pins = store
                 .pinned_devices(tx, user)
                 .await?
@@ -1098,7 +1098,7 @@ impl PinCache {
                     (p, c)
                 })
                 .collect();
-            self.by_user.insert(user.to_owned(), pins);
+            slot.insert(pins);
         }
         Ok(self.by_user.get(user).and_then(|pins| {
             pins.iter()
