@@ -465,6 +465,16 @@ impl Api {
         .await
     }
 
+    /// Whether the server already holds published device keys for `user_id`'s `device_id`.
+    pub async fn device_has_keys(&self, user_id: &str, device_id: &str) -> Result<bool, ApiError> {
+        let answer = self.query_keys(&[user_id.to_owned()]).await?;
+        Ok(answer
+            .get("device_keys")
+            .and_then(|d| d.get(user_id))
+            .and_then(|d| d.get(device_id))
+            .is_some_and(Value::is_object))
+    }
+
     /// `POST /keys/claim` with `{user: {device: algorithm}}`.
     pub async fn claim_keys(&self, wanted: &Map<String, Value>) -> Result<Value, ApiError> {
         self.call(

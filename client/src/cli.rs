@@ -134,7 +134,10 @@ struct LoginArgs {
     /// File whose first line is the password (else a prompt).
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
-    /// Reuse this device ID (a reinstalled device gets a new identity key).
+    /// Reuse this device ID. This profile makes a new identity key, so if the server still
+    /// holds keys of that device they are replaced: the old device is logged out (its keys
+    /// and undelivered messages are deleted) and contacts are told its key changed. Without
+    /// this option the server assigns a new device ID.
     #[arg(long)]
     device_id: Option<String>,
     /// Display name of this device.
@@ -347,6 +350,9 @@ impl Context {
         let client = Client::new(store, api, login);
         if !has_account {
             client.bootstrap().await?;
+        } else if !client.keys_published().await? {
+            // An earlier setup stored the account but did not finish uploading its keys.
+            client.publish_keys().await?;
         }
         Ok(client)
     }
@@ -495,7 +501,30 @@ async fn register(ctx: &Context, a: RegisterArgs) -> CliResult {
 async fn login(ctx: &Context, a: LoginArgs) -> CliResult {
     let password = read_password(a.password_file.as_deref(), "Password: ")?;
     let client = new_profile(ctx, &a.server, |api| async move {
-        api.login(&a.user, &password, a.device_id.as_deref(), &a.device_name)
+        let device_id = a.device_id.as_deref();
+        let answer = api
+            .login(&a.user, &password, device_id, &a.device_name)
+            .await?;
+        if device_id.is_none() {
+            return Ok(answer);
+        }
+        // A reused device ID gets a new identity key (this profile is new, the old keys are
+        // gone), but the server still holds the old device keys and refuses a different
+        // upload. Replace the device: logging out deletes it with its keys and inbox (whose
+        // messages were encrypted to the old identity), then log in again under that ID.
+        let authed = api.clone().with_token(&answer.access_token);
+        if !authed
+            .device_has_keys(&answer.user_id, &answer.device_id)
+            .await?
+        {
+            return Ok(answer);
+        }
+        eprintln!(
+            "Device {} already has keys from an earlier installation; replacing it with a new identity key (your contacts will be told that this device's key changed).",
+            answer.device_id
+        );
+        authed.logout().await?;
+        api.login(&a.user, &password, device_id, &a.device_name)
             .await
     })
     .await?;

@@ -10,14 +10,19 @@
 //! - receiving: the session state, the plaintext and the sync position of a whole batch are
 //!   committed in one transaction; a re-delivered event is recognised by its digest.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use hush_crypto::consts::{BUNDLE_CLAIM_ALGORITHM, SIGNED_CURVE25519};
 use hush_crypto::envelope::Payload;
 use hush_crypto::session_record::IncomingMessage;
+use hush_crypto::ReceivedEnvelope;
 use hush_crypto::{
-    encrypted_content, parse_content, Account, DeviceKeys, Fingerprint, IdentityKey, Party,
-    PreKeyBundle, Session,
+    encrypted_content, parse_content, Account, Curve25519PublicKey, DeviceKeys, Fingerprint,
+    IdentityKey, Party, PreKeyBundle, Session, SessionRecord,
 };
 use rand::rngs::OsRng;
 use rand::RngCore;
@@ -31,8 +36,11 @@ use crate::store::{Login, PinnedDevice, Store, StoreError, StoredMessage};
 pub const ENCRYPTED_EVENT: &str = "m.room.encrypted";
 /// The inner event type of a text message.
 pub const TEXT_EVENT: &str = "hush.message";
-/// Seen digests are kept this long (longer than the server keeps undelivered messages).
-const SEEN_RETENTION_SECS: u64 = 40 * 24 * 3600;
+/// While the engine runs, key maintenance with nothing to top up looks at the account at most
+/// this often (signed prekeys rotate every 7 days, so an hour is plenty).
+const MAINTAIN_INTERVAL: Duration = Duration::from_secs(3600);
+/// The setting recording that the device keys reached the server.
+const KEYS_PUBLISHED: &str = "keys_published";
 
 /// Errors of client operations, each a clear sentence.
 #[derive(Debug, thiserror::Error)]
@@ -125,12 +133,32 @@ pub struct Client {
     store: Store,
     api: Api,
     login: Login,
+    /// This device's public identity (Ed25519 and X25519 forms), read once.
+    own_keys: OnceLock<(IdentityKey, Curve25519PublicKey)>,
+    /// When key maintenance last looked at the account.
+    maintained: Mutex<Option<Instant>>,
 }
 
 impl Client {
     /// Wraps an open store and its login.
     pub fn new(store: Store, api: Api, login: Login) -> Self {
-        Self { store, api, login }
+        Self {
+            store,
+            api,
+            login,
+            own_keys: OnceLock::new(),
+            maintained: Mutex::new(None),
+        }
+    }
+
+    /// This device's identity key and its X25519 form (they never change for a device).
+    async fn own_keys(&self) -> ClientResult<(IdentityKey, Curve25519PublicKey)> {
+        if let Some(keys) = self.own_keys.get() {
+            return Ok(*keys);
+        }
+        let account = self.account().await?;
+        let keys = (account.identity_key(), account.curve25519_key());
+        Ok(*self.own_keys.get_or_init(|| keys))
     }
 
     /// The store.
@@ -186,13 +214,31 @@ impl Client {
         let mut tx = self.store.begin().await?;
         self.store.save_account(&mut tx, &account).await?;
         tx.commit().await.map_err(StoreError::from)?;
+        self.publish_keys().await
+    }
+
+    /// Whether this device's keys are known to be on the server (set after the first
+    /// successful upload).
+    pub async fn keys_published(&self) -> ClientResult<bool> {
+        Ok(self.store.setting(KEYS_PUBLISHED).await?.is_some())
+    }
+
+    /// Uploads the stored account's device keys, fallback key and unpublished one-time keys.
+    /// Run by [`Client::bootstrap`], and again on the next start if that upload did not
+    /// complete (the server accepts an identical re-upload).
+    pub async fn publish_keys(&self) -> ClientResult<()> {
+        let account = self.account().await?;
         let body = json!({
             "device_keys": account.device_keys().map_err(crypto)?,
             "one_time_keys": account.one_time_keys().map_err(crypto)?,
             "fallback_keys": account.fallback_keys().map_err(crypto)?,
         });
         self.api.upload_keys(&body).await?;
-        self.mark_published().await
+        self.mark_published().await?;
+        let mut tx = self.store.begin().await?;
+        self.store.set_setting(&mut tx, KEYS_PUBLISHED, "1").await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(())
     }
 
     async fn mark_published(&self) -> ClientResult<()> {
@@ -214,20 +260,31 @@ impl Client {
         server_otk_count: Option<usize>,
         unused_fallback: Option<&[String]>,
     ) -> ClientResult<()> {
+        let wanted = server_otk_count.map_or(0, Account::one_time_keys_wanted);
+        let fallback_used =
+            unused_fallback.is_some_and(|list| !list.iter().any(|a| a == SIGNED_CURVE25519));
+        {
+            let mut last = self
+                .maintained
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let recent = last.is_some_and(|t| t.elapsed() < MAINTAIN_INTERVAL);
+            if wanted == 0 && !fallback_used && recent {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+        }
         let mut tx = self.store.begin().await?;
         let mut account = self
             .store
             .account(&mut tx, &self.login.user_id, &self.login.device_id)
             .await?;
         let rotated = account.maintain(&mut OsRng, now_secs()).map_err(crypto)?;
-        let wanted = server_otk_count.map_or(0, Account::one_time_keys_wanted);
         if wanted > 0 {
             account
                 .generate_one_time_keys(&mut OsRng, wanted)
                 .map_err(crypto)?;
         }
-        let fallback_used =
-            unused_fallback.is_some_and(|list| !list.iter().any(|a| a == SIGNED_CURVE25519));
         let otks = account.one_time_keys().map_err(crypto)?;
         if !rotated && !fallback_used && otks.is_empty() {
             tx.rollback().await.map_err(StoreError::from)?;
@@ -337,12 +394,7 @@ impl Client {
                             )
                             .await?;
                         // Sessions made with the old identity must never be used again.
-                        sqlx::query("DELETE FROM sessions WHERE user_id = ? AND device_id = ?")
-                            .bind(user)
-                            .bind(device_id)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(StoreError::from)?;
+                        self.store.delete_sessions(&mut tx, user, device_id).await?;
                         self.store.add_notice(&mut tx, user, &text).await?;
                         notices.push(text);
                     }
@@ -560,12 +612,8 @@ impl Client {
             .collect();
         let mut new_sessions = self.new_sessions(&targets, &mut notices).await?;
 
+        let (own_ik, own_curve) = self.own_keys().await?;
         let mut tx = self.store.begin().await?;
-        let account = self
-            .store
-            .account(&mut tx, &own, &self.login.device_id)
-            .await?;
-        let own_ik = account.identity_key();
         let me = Party {
             user_id: &own,
             device_id: &self.login.device_id,
@@ -615,10 +663,7 @@ impl Client {
                     .or_default()
                     .insert(
                         device.device_id().to_owned(),
-                        encrypted_content(
-                            &account.curve25519_key(),
-                            &[(device.curve25519_key(), out)],
-                        ),
+                        encrypted_content(&own_curve, &[(device.curve25519_key(), out)]),
                     );
             }
             let messages = serde_json::to_value(&messages).map_err(crypto)?;
@@ -650,30 +695,56 @@ impl Client {
 
         let devices = records.len();
         let mut reports = Vec::with_capacity(queued.len());
-        for chunk in queued.chunks(window.max(1)) {
-            let sends = chunk.iter().map(|(txn_id, msg_id, messages)| async move {
-                self.api
-                    .send_to_device(ENCRYPTED_EVENT, txn_id, messages)
-                    .await?;
-                self.store.sent(txn_id, msg_id).await?;
-                Ok::<_, ClientError>(())
+        for (_, msg_id, _) in &queued {
+            reports.push(SendReport {
+                msg_id: msg_id.clone(),
+                devices,
+                notices: Vec::new(),
             });
-            for r in futures::future::join_all(sends).await {
-                match r {
-                    Ok(()) => {}
-                    Err(ClientError::Api(e)) => return Err(ClientError::Queued(e)),
-                    Err(e) => return Err(e),
+        }
+        if let Some(first) = reports.first_mut() {
+            first.notices = notices;
+        }
+        // Up to `window` requests in flight; results are taken in order and marked sent
+        // in one local transaction per `window` answers.
+        // (Collected first: a closure inside the stream type would make this future's
+        // lifetimes too specific to be spawned.)
+        let requests: Vec<_> = queued
+            .iter()
+            .map(|(txn_id, msg_id, messages)| {
+                self.send_queued(txn_id.as_str(), msg_id.as_str(), messages)
+            })
+            .collect();
+        let mut answers = futures::stream::iter(requests).buffered(window.max(1));
+        let mut done = Vec::with_capacity(window.max(1));
+        while let Some(answer) = answers.next().await {
+            match answer {
+                Ok(sent) => done.push(sent),
+                Err(e) => {
+                    self.store.sent_many(&done).await?;
+                    return Err(ClientError::Queued(e));
                 }
             }
-            for (_, msg_id, _) in chunk {
-                reports.push(SendReport {
-                    msg_id: msg_id.clone(),
-                    devices,
-                    notices: std::mem::take(&mut notices),
-                });
+            if done.len() >= window.max(1) {
+                self.store.sent_many(&done).await?;
+                done.clear();
             }
         }
+        self.store.sent_many(&done).await?;
         Ok(reports)
+    }
+
+    /// Sends one queued request; returns its IDs on success.
+    async fn send_queued<'a>(
+        &self,
+        txn_id: &'a str,
+        msg_id: &'a str,
+        messages: &Value,
+    ) -> Result<(&'a str, &'a str), ApiError> {
+        self.api
+            .send_to_device(ENCRYPTED_EVENT, txn_id, messages)
+            .await
+            .map(|()| (txn_id, msg_id))
     }
 
     /// Claims bundles and runs X3DH for the targets without an active session.
@@ -763,7 +834,9 @@ impl Client {
         Ok(outcome)
     }
 
-    /// Processes a sync answer (decrypt, store, save the position).
+    /// Processes a sync answer (decrypt, store, save the position), all in one transaction:
+    /// each sender's pins and each peer device's session record are read once per batch and
+    /// the records written once at the end, before the sync position.
     pub async fn process(&self, resp: &SyncResponse, initial: bool) -> ClientResult<SyncOutcome> {
         let own = self.login.user_id.clone();
         let mut notices = Vec::new();
@@ -773,19 +846,27 @@ impl Client {
         } else {
             resp.changed.iter().cloned().collect()
         };
+        let (own_ik, own_curve) = self.own_keys().await?;
+        // Every encrypted event is parsed once.
+        let parsed: Vec<Option<Result<ReceivedEnvelope, String>>> = resp
+            .events
+            .iter()
+            .map(|ev| {
+                (ev.event_type == ENCRYPTED_EVENT)
+                    .then(|| parse_content(&ev.content, &own_curve).map_err(|e| e.to_string()))
+            })
+            .collect();
         // Senders whose device (by sender_key) is not pinned yet.
-        let account = self.account().await?;
-        let own_curve = account.curve25519_key();
         {
             let mut tx = self.store.begin().await?;
-            for ev in resp
-                .events
-                .iter()
-                .filter(|e| e.event_type == ENCRYPTED_EVENT)
-            {
-                if let Ok(env) = parse_content(&ev.content, &own_curve) {
-                    let pins = self.store.pinned_devices(&mut tx, &ev.sender).await?;
-                    if find_by_curve(&pins, &env.sender_key.to_base64()).is_none() {
+            let mut pins = PinCache::default();
+            for (ev, env) in resp.events.iter().zip(&parsed) {
+                if let Some(Ok(env)) = env {
+                    if pins
+                        .find(&self.store, &mut tx, &ev.sender, &env.sender_key)
+                        .await?
+                        .is_none()
+                    {
                         refresh.insert(ev.sender.clone());
                     }
                 }
@@ -801,18 +882,17 @@ impl Client {
         }
 
         let mut tx = self.store.begin().await?;
-        let mut account = self
-            .store
-            .account(&mut tx, &own, &self.login.device_id)
-            .await?;
-        let own_ik = account.identity_key();
+        let mut pins = PinCache::default();
+        // The account is needed only for a new inbound handshake.
+        let mut account: Option<Account> = None;
         let mut account_dirty = false;
+        let mut records: HashMap<(String, String), (SessionRecord, bool)> = HashMap::new();
         let mut messages = Vec::new();
         let now = now_secs();
-        for ev in &resp.events {
-            if ev.event_type != ENCRYPTED_EVENT {
+        for (ev, env) in resp.events.iter().zip(&parsed) {
+            let Some(env) = env else {
                 continue;
-            }
+            };
             let mut hasher = Sha256::new();
             hasher.update(ev.sender.as_bytes());
             hasher.update([0]);
@@ -820,21 +900,19 @@ impl Client {
             if !self.store.mark_seen(&mut tx, &hasher.finalize()).await? {
                 continue;
             }
-            let fail = |text: String| text;
-            let env = match parse_content(&ev.content, &own_curve) {
+            let env = match env {
                 Ok(env) => env,
                 Err(e) => {
-                    let text = fail(format!(
-                        "dropped a malformed message from {}: {e}",
-                        ev.sender
-                    ));
+                    let text = format!("dropped a malformed message from {}: {e}", ev.sender);
                     self.store.add_notice(&mut tx, &ev.sender, &text).await?;
                     notices.push(text);
                     continue;
                 }
             };
-            let pins = self.store.pinned_devices(&mut tx, &ev.sender).await?;
-            let Some(pin) = find_by_curve(&pins, &env.sender_key.to_base64()) else {
+            let Some(pin) = pins
+                .find(&self.store, &mut tx, &ev.sender, &env.sender_key)
+                .await?
+            else {
                 let text = format!("dropped a message from an unknown device of {}", ev.sender);
                 self.store.add_notice(&mut tx, &ev.sender, &text).await?;
                 notices.push(text);
@@ -843,27 +921,45 @@ impl Client {
             let Ok(sender_ik) = IdentityKey::from_base64(&pin.ed25519) else {
                 continue;
             };
-            let mut record = self
-                .store
-                .record(&mut tx, &ev.sender, &pin.device_id)
-                .await?;
+            let (record, dirty) = match records.entry((ev.sender.clone(), pin.device_id.clone())) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let record = self
+                        .store
+                        .record(&mut tx, &ev.sender, &pin.device_id)
+                        .await?;
+                    e.insert((record, false))
+                }
+            };
+            // Decrypt into a copy; it replaces the record only if the payload checks out.
+            let mut work = record.clone();
             let mut used_otk = None;
             let decrypted = match &env.message {
-                IncomingMessage::PreKey(p) if !record.has_base_key(&p.base_key) => {
+                IncomingMessage::PreKey(p) if !work.has_base_key(&p.base_key) => {
                     if p.identity_key != sender_ik || p.sender_device != pin.device_id {
                         Err("the handshake does not match the pinned identity".to_owned())
                     } else {
-                        account
-                            .accept_inbound(&mut OsRng, &record, &ev.sender, p, now)
-                            .map(|inbound| {
-                                record = inbound.record;
-                                used_otk = inbound.used_one_time_key;
-                                inbound.plaintext
-                            })
-                            .map_err(|e| e.to_string())
+                        if account.is_none() {
+                            account = Some(
+                                self.store
+                                    .account(&mut tx, &own, &self.login.device_id)
+                                    .await?,
+                            );
+                        }
+                        match account.as_ref() {
+                            Some(acc) => acc
+                                .accept_inbound(&mut OsRng, &work, &ev.sender, p, now)
+                                .map(|inbound| {
+                                    work = inbound.record;
+                                    used_otk = inbound.used_one_time_key;
+                                    inbound.plaintext
+                                })
+                                .map_err(|e| e.to_string()),
+                            None => Err("the device account is missing".to_owned()),
+                        }
                     }
                 }
-                other => record
+                other => work
                     .decrypt(&mut OsRng, other, now)
                     .map_err(|e| e.to_string()),
             };
@@ -909,11 +1005,12 @@ impl Client {
                     continue;
                 }
             };
-            if let Some(id) = used_otk {
-                account.remove_one_time_key(id);
+            *record = work;
+            *dirty = true;
+            if let (Some(id), Some(acc)) = (used_otk, account.as_mut()) {
+                acc.remove_one_time_key(id);
                 account_dirty = true;
             }
-            self.store.save_record(&mut tx, &record).await?;
             if payload.event_type != TEXT_EVENT {
                 continue;
             }
@@ -951,15 +1048,20 @@ impl Client {
                 messages.push(StoredMessage { seq, ..msg });
             }
         }
-        if account_dirty {
-            self.store.save_account(&mut tx, &account).await?;
+        for (record, dirty) in records.values() {
+            if *dirty {
+                self.store.save_record(&mut tx, record).await?;
+            }
+        }
+        if let (true, Some(acc)) = (account_dirty, account.as_ref()) {
+            self.store.save_account(&mut tx, acc).await?;
         }
         self.store
             .set_setting(&mut tx, "sync_token", &resp.next_batch)
             .await?;
         tx.commit().await.map_err(StoreError::from)?;
         if initial {
-            self.store.prune_seen(SEEN_RETENTION_SECS).await?;
+            self.store.prune_seen().await?;
         }
         Ok(SyncOutcome {
             empty: resp.events.is_empty() && resp.changed.is_empty(),
@@ -969,12 +1071,41 @@ impl Client {
     }
 }
 
-fn find_by_curve<'a>(pins: &'a [PinnedDevice], curve_b64: &str) -> Option<&'a PinnedDevice> {
-    pins.iter().find(|p| {
-        IdentityKey::from_base64(&p.ed25519)
-            .map(|k| k.to_curve25519().to_base64() == curve_b64)
-            .unwrap_or(false)
-    })
+/// The pins of each sender seen in one batch, with their X25519 keys worked out once.
+#[derive(Default)]
+struct PinCache {
+    by_user: HashMap<String, Vec<(PinnedDevice, Option<Curve25519PublicKey>)>>,
+}
+
+impl PinCache {
+    /// The pinned device of `user` whose X25519 identity is `curve`.
+    async fn find(
+        &mut self,
+        store: &Store,
+        tx: &mut sqlx::SqliteConnection,
+        user: &str,
+        curve: &Curve25519PublicKey,
+    ) -> ClientResult<Option<PinnedDevice>> {
+        if let Entry::Vacant(slot) = self.by_user.entry(user.to_owned()) {
+            let pins = store
+                .pinned_devices(tx, user)
+                .await?
+                .into_iter()
+                .map(|p| {
+                    let c = IdentityKey::from_base64(&p.ed25519)
+                        .ok()
+                        .map(|k| k.to_curve25519());
+                    (p, c)
+                })
+                .collect();
+            slot.insert(pins);
+        }
+        Ok(self.by_user.get(user).and_then(|pins| {
+            pins.iter()
+                .find(|(_, c)| c.as_ref() == Some(curve))
+                .map(|(p, _)| p.clone())
+        }))
+    }
 }
 
 fn pointer_escape(s: &str) -> String {

@@ -1,6 +1,7 @@
 //! Encryption at rest: a random 32-byte data key, wrapped by a key derived from the passphrase
-//! with argon2id, and the two keys derived from it (one for crypto-crate pickles, one for the
-//! client's own fields such as message bodies and the access token).
+//! with argon2id, and the three keys derived from it: one for crypto-crate pickles, one for the
+//! client's own sealed fields (message records, pins, the login), and one for keyed lookup
+//! tags (HMAC-SHA256) that stand in for user and device IDs in indexed columns.
 //!
 //! Layout of the wrapped key: nonce (12) || ChaCha20-Poly1305(KEK, data key, AD).
 
@@ -9,6 +10,7 @@ use std::fmt;
 use argon2::{Algorithm, Argon2, Params, Version};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
+use hkdf::hmac::{Hmac, Mac};
 use hkdf::Hkdf;
 use hush_crypto::PickleKey;
 use rand::RngCore;
@@ -21,6 +23,8 @@ const WRAP_AD: &[u8] = b"hush-client data key v1";
 const INFO_PICKLE: &[u8] = b"hush-client pickle key v1";
 /// HKDF info of the field key.
 const INFO_FIELD: &[u8] = b"hush-client field key v1";
+/// HKDF info of the lookup-tag key.
+const INFO_TAG: &[u8] = b"hush-client tag key v1";
 /// Nonce length of ChaCha20-Poly1305.
 const NONCE_LEN: usize = 12;
 
@@ -116,6 +120,7 @@ impl fmt::Debug for Passphrase {
 pub struct Vault {
     pickle: PickleKey,
     field: Zeroizing<[u8; 32]>,
+    tag: Zeroizing<[u8; 32]>,
 }
 
 impl fmt::Debug for Vault {
@@ -220,12 +225,34 @@ impl Vault {
         let hk = Hkdf::<Sha256>::new(None, data_key);
         let mut pickle = [0u8; 32];
         let mut field = Zeroizing::new([0u8; 32]);
+        let mut tag = Zeroizing::new([0u8; 32]);
         // 32 bytes is always a valid HKDF-SHA256 output length.
         let _ = hk.expand(INFO_PICKLE, &mut pickle);
         let _ = hk.expand(INFO_FIELD, field.as_mut());
+        let _ = hk.expand(INFO_TAG, tag.as_mut());
         let key = PickleKey::new(pickle);
         pickle.zeroize();
-        Self { pickle: key, field }
+        Self {
+            pickle: key,
+            field,
+            tag,
+        }
+    }
+
+    /// A keyed lookup tag: HMAC-SHA256 under the tag key over `domain` and `parts`, each
+    /// length-prefixed so no two inputs collide. Equal inputs give equal tags (so a column
+    /// of tags can be indexed and searched), but without the data key a tag reveals nothing
+    /// and cannot be confirmed by guessing IDs.
+    pub fn tag(&self, domain: &str, parts: &[&[u8]]) -> Vec<u8> {
+        // HMAC accepts keys of any length.
+        let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(self.tag.as_ref()) else {
+            return Vec::new();
+        };
+        for part in std::iter::once(domain.as_bytes()).chain(parts.iter().copied()) {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().to_vec()
     }
 
     /// The key for crypto-crate pickles (account, session records).
@@ -267,6 +294,17 @@ mod tests {
         let again = Vault::unlock(&Passphrase::new("correct horse".into()), &wrapped).unwrap();
         assert_eq!(again.open("ctx", &blob).unwrap().as_slice(), b"secret");
         assert!(again.open("other", &blob).is_err());
+        // Tags are stable under the same data key and separate domains and part boundaries.
+        assert_eq!(vault.tag("peer", &[b"@a:x"]), again.tag("peer", &[b"@a:x"]));
+        assert_ne!(vault.tag("peer", &[b"@a:x"]), vault.tag("pin", &[b"@a:x"]));
+        assert_ne!(
+            vault.tag("s", &[b"ab", b"c"]),
+            vault.tag("s", &[b"a", b"bc"])
+        );
+        let (other, _) = Vault::create(&pass, cheap())
+            .map_err(|e| e.to_string())
+            .unwrap();
+        assert_ne!(vault.tag("peer", &[b"@a:x"]), other.tag("peer", &[b"@a:x"]));
         assert!(matches!(
             Vault::unlock(&Passphrase::new("wrong".into()), &wrapped),
             Err(VaultError::WrongPassphrase)

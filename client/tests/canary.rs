@@ -1,6 +1,7 @@
 //! Canary: a unique plaintext and every private key of both devices never appear in the
 //! server's database files or log, in the HTTP traffic (recorded by a TCP relay between the
-//! clients and a plain-HTTP `hushd`), or in the clients' store files.
+//! clients and a plain-HTTP `hushd`), or in the clients' store files; and the stores do not
+//! reveal who talks to whom: no user ID, device ID or server address in them in plaintext.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -49,7 +50,7 @@ fn forms(secret: &[u8]) -> Vec<Vec<u8>> {
     ]
 }
 
-async fn secrets_of(device: &Device) -> (Vec<Vec<u8>>, String) {
+async fn secrets_of(device: &Device) -> (Vec<Vec<u8>>, String, String) {
     let store = Store::open(&device.profile_dir(), &Passphrase::new(PASSPHRASE.into()))
         .await
         .unwrap();
@@ -67,7 +68,7 @@ async fn secrets_of(device: &Device) -> (Vec<Vec<u8>>, String) {
         secrets.len()
     );
     store.close().await;
-    (secrets, login.access_token.to_string())
+    (secrets, login.access_token.to_string(), login.device_id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,8 +112,8 @@ async fn canary_plaintext_and_private_keys_never_leak() {
     let h = alice.run(&["history", &bob.user_id, "--json"]).ok();
     assert!(h.stdout.contains(&canary));
 
-    let (alice_keys, alice_token) = secrets_of(&alice).await;
-    let (bob_keys, bob_token) = secrets_of(&bob).await;
+    let (alice_keys, alice_token, alice_device) = secrets_of(&alice).await;
+    let (bob_keys, bob_token, bob_device) = secrets_of(&bob).await;
     let traffic = relay.bytes.lock().unwrap().clone();
     assert!(
         contains(&traffic, b"sendToDevice"),
@@ -140,6 +141,27 @@ async fn canary_plaintext_and_private_keys_never_leak() {
     for (i, k) in alice_keys.iter().chain(bob_keys.iter()).enumerate() {
         for (j, f) in forms(k).into_iter().enumerate() {
             needles.push((format!("private key {i} form {j}"), f));
+        }
+    }
+    // Local metadata: the stores name no user, device or server in plaintext.
+    let metadata: Vec<(&str, Vec<u8>)> = vec![
+        ("alice's user ID", alice.user_id.clone().into_bytes()),
+        ("bob's user ID", bob.user_id.clone().into_bytes()),
+        ("alice's device ID", alice_device.into_bytes()),
+        ("bob's device ID", bob_device.into_bytes()),
+        ("the server address", server.name.clone().into_bytes()),
+        ("the relay address", relay.url.clone().into_bytes()),
+    ];
+    for (name, bytes) in places.iter().filter(|(n, _)| n != "HTTP traffic") {
+        if server
+            .files()
+            .iter()
+            .any(|f| &f.display().to_string() == name)
+        {
+            continue;
+        }
+        for (what, needle) in &metadata {
+            assert!(!contains(bytes, needle), "{what} found in {name}");
         }
     }
     for (name, bytes) in &places {

@@ -281,3 +281,71 @@ fn wrong_passphrase_and_unknown_user_are_clear_errors() {
     let who = alice.run(&["whoami"]).ok();
     assert!(who.stdout.contains(&alice.user_id));
 }
+
+#[test]
+fn relogin_with_the_same_device_id_replaces_the_old_identity() {
+    let w = world(Db::Sqlite);
+    let alice = w.device("alice", "alice");
+    let bob = w.device("bob", "bob");
+    alice.send(&bob, "before").ok();
+    assert_eq!(Device::bodies(&bob.receive()), vec!["before"]);
+    let whoami = bob.run(&["whoami"]).ok();
+    let device_id = whoami
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("device:"))
+        .map(|d| d.trim().to_owned())
+        .unwrap_or_else(|| panic!("{whoami:?}"));
+
+    // Bob's local data is lost (no logout); he logs in again under the same device ID. The
+    // server still holds that device's old keys, which the new identity must replace.
+    std::fs::remove_dir_all(bob.profile_dir()).unwrap();
+    let again = Device {
+        profile: "bob-again".into(),
+        ..bob.clone()
+    };
+    let login = again.run(&[
+        "login",
+        "bob",
+        "--server",
+        &bob.server,
+        "--password-file",
+        &w._data.path().join("bob.password").display().to_string(),
+        "--ca-file",
+        &w.ca.pem_path.display().to_string(),
+        "--device-id",
+        &device_id,
+    ]);
+    assert_eq!(login.code, 0, "{login:?}");
+    assert!(login.stdout.contains(&device_id), "{login:?}");
+    assert!(login.stderr.contains("replacing"), "{login:?}");
+
+    // Alice is told the key changed and her next message reaches the new identity.
+    let sent = alice.send(&bob, "after").ok();
+    assert!(
+        format!("{}{}", sent.stdout, sent.stderr).contains("CHANGED"),
+        "{sent:?}"
+    );
+    assert_eq!(Device::bodies(&again.receive()), vec!["after"]);
+
+    // A device ID the server does not know yet is simply taken, without any replacing.
+    let fresh = Device {
+        profile: "bob-fresh".into(),
+        ..bob.clone()
+    };
+    let login = fresh.run(&[
+        "login",
+        "bob",
+        "--server",
+        &bob.server,
+        "--password-file",
+        &w._data.path().join("bob.password").display().to_string(),
+        "--ca-file",
+        &w.ca.pem_path.display().to_string(),
+        "--device-id",
+        "BRANDNEWDEVICE",
+    ]);
+    assert_eq!(login.code, 0, "{login:?}");
+    assert!(login.stdout.contains("BRANDNEWDEVICE"), "{login:?}");
+    assert!(!login.stderr.contains("replacing"), "{login:?}");
+}

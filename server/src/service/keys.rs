@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 use crate::error::ApiError;
 use crate::service::identifiers::server_of;
 use crate::service::now_ms;
+use crate::service::remote_keys::{fan_out, RemoteKeyCall};
 use crate::state::AppState;
 use crate::store::{Claimed, KeyClaim, KeyUpload, OtkUploadOutcome};
 
@@ -289,16 +290,18 @@ pub async fn query(
             .add_device_list_interest(requester, &local_users)
             .await?;
     }
-    let timeout = timeout_of(body);
-    for (server, users) in remote {
-        let answer = match state.remote_keys() {
-            Some(proxy) => {
-                proxy
-                    .query(&server, json!({ "device_keys": users }), timeout)
-                    .await
-            }
-            None => Err("Federation is not available on this server".to_owned()),
-        };
+    let requests = remote
+        .into_iter()
+        .map(|(server, users)| (server, json!({ "device_keys": users })))
+        .collect();
+    let answers = fan_out(
+        state.remote_keys(),
+        RemoteKeyCall::Query,
+        requests,
+        timeout_of(body),
+    )
+    .await;
+    for (server, answer) in answers {
         match answer {
             Ok(Value::Object(mut resp)) => {
                 if let Some(Value::Object(keys)) = resp.remove("device_keys") {
@@ -465,16 +468,18 @@ pub async fn claim_as(
             }
         }
     }
-    let timeout = timeout_of(body);
-    for (server, users) in remote {
-        let answer = match state.remote_keys() {
-            Some(proxy) => {
-                proxy
-                    .claim(&server, json!({ "one_time_keys": users }), timeout)
-                    .await
-            }
-            None => Err("Federation is not available on this server".to_owned()),
-        };
+    let requests = remote
+        .into_iter()
+        .map(|(server, users)| (server, json!({ "one_time_keys": users })))
+        .collect();
+    let answers = fan_out(
+        state.remote_keys(),
+        RemoteKeyCall::Claim,
+        requests,
+        timeout_of(body),
+    )
+    .await;
+    for (server, answer) in answers {
         match answer {
             Ok(Value::Object(mut resp)) => {
                 if let Some(Value::Object(keys)) = resp.remove("one_time_keys") {

@@ -6,15 +6,87 @@
 //! triggers a refetch (at most once per [`KeyCachePolicy::min_refetch_ms`] per server, so forged
 //! key ids cannot make us hammer a server). Failed fetches back off exponentially per server.
 //! A key listed only under `old_verify_keys` no longer signs requests: it is reported as expired.
+//!
+//! It also holds [`fan_out`], which sends the client API's `keys/query` and `keys/claim` for
+//! remote users to every destination server at once, so one slow or dead server costs the
+//! client at most one timeout, not one timeout per server.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
+use futures::StreamExt;
 use hush_federation::ids::ServerName;
 use hush_federation::keys::{unix_millis_now, VerifiedServerKeys};
+use serde_json::Value;
+
+use crate::service::keys::RemoteKeys;
+
+/// How many destinations one client request talks to at the same time.
+pub const MAX_PARALLEL_DESTINATIONS: usize = 64;
+/// Extra time the fan-out grants a proxy beyond the request's own timeout before it gives up
+/// on a destination itself (the proxy normally enforces the timeout; this bounds one that
+/// does not).
+const FAN_OUT_GRACE_MS: u64 = 500;
+
+/// Which federation key endpoint a [`fan_out`] calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteKeyCall {
+    /// `POST /_matrix/federation/v1/user/keys/query`.
+    Query,
+    /// `POST /_matrix/federation/v1/user/keys/claim`.
+    Claim,
+}
+
+/// Sends one request body per destination server through `proxy`, all destinations
+/// concurrently (at most [`MAX_PARALLEL_DESTINATIONS`] at a time), each bounded by
+/// `timeout_ms`. Returns every destination's answer or failure message, ordered by server
+/// name; without a proxy every destination fails with the same message.
+pub async fn fan_out(
+    proxy: Option<&Arc<dyn RemoteKeys>>,
+    call: RemoteKeyCall,
+    requests: BTreeMap<String, Value>,
+    timeout_ms: u64,
+) -> Vec<(String, Result<Value, String>)> {
+    let Some(proxy) = proxy else {
+        return requests
+            .into_keys()
+            .map(|server| {
+                (
+                    server,
+                    Err("Federation is not available on this server".to_owned()),
+                )
+            })
+            .collect();
+    };
+    let limit = Duration::from_millis(timeout_ms.saturating_add(FAN_OUT_GRACE_MS));
+    // Collected first, so no closure is part of the stream's type.
+    let calls: Vec<_> = requests
+        .into_iter()
+        .map(|(server, body)| async move {
+            let answer = {
+                let request = match call {
+                    RemoteKeyCall::Query => proxy.query(&server, body, timeout_ms),
+                    RemoteKeyCall::Claim => proxy.claim(&server, body, timeout_ms),
+                };
+                match tokio::time::timeout(limit, request).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(format!("{server} did not answer in time")),
+                }
+            };
+            (server, answer)
+        })
+        .collect();
+    let mut answers: Vec<(String, Result<Value, String>)> = futures::stream::iter(calls)
+        .buffer_unordered(MAX_PARALLEL_DESTINATIONS)
+        .collect()
+        .await;
+    answers.sort_by(|a, b| a.0.cmp(&b.0));
+    answers
+}
 
 /// A boxed future returned by [`KeyFetcher::fetch`].
 pub type FetchFuture<'a> =
@@ -345,6 +417,69 @@ mod tests {
             cache.key(&name, "ed25519:nope").await,
             Err(KeyLookupError::UnknownKey { .. })
         ));
+    }
+
+    /// A proxy whose every call waits until `parties` calls are in flight at once, then
+    /// answers with the destination's name; a destination named `dead` never answers.
+    struct Rendezvous {
+        barrier: tokio::sync::Barrier,
+    }
+
+    impl RemoteKeys for Rendezvous {
+        fn query<'a>(
+            &'a self,
+            destination: &'a str,
+            body: Value,
+            _timeout_ms: u64,
+        ) -> crate::service::keys::RemoteFuture<'a> {
+            Box::pin(async move {
+                if destination == "dead" {
+                    std::future::pending::<()>().await;
+                }
+                self.barrier.wait().await;
+                Ok::<Value, String>(serde_json::json!({"server": destination, "body": body}))
+            })
+        }
+
+        fn claim<'a>(
+            &'a self,
+            destination: &'a str,
+            body: Value,
+            timeout_ms: u64,
+        ) -> crate::service::keys::RemoteFuture<'a> {
+            self.query(destination, body, timeout_ms)
+        }
+    }
+
+    #[tokio::test]
+    async fn fan_out_asks_every_destination_at_once() {
+        // Answers come only when both live destinations are asked concurrently: asked one
+        // after another, the first would wait at the barrier until its timeout.
+        let proxy: Arc<dyn RemoteKeys> = Arc::new(Rendezvous {
+            barrier: tokio::sync::Barrier::new(2),
+        });
+        let requests: BTreeMap<String, Value> = ["b.example", "dead", "a.example"]
+            .iter()
+            .map(|s| (s.to_string(), serde_json::json!({ "to": s })))
+            .collect();
+        for call in [RemoteKeyCall::Query, RemoteKeyCall::Claim] {
+            let answers = fan_out(Some(&proxy), call, requests.clone(), 300).await;
+            let names: Vec<&str> = answers.iter().map(|(s, _)| s.as_str()).collect();
+            assert_eq!(names, ["a.example", "b.example", "dead"]);
+            for (server, answer) in &answers[..2] {
+                let answer = answer.as_ref().unwrap();
+                assert_eq!(answer["server"], server.as_str());
+                assert_eq!(answer["body"]["to"], server.as_str());
+            }
+            assert!(answers[2]
+                .1
+                .as_ref()
+                .unwrap_err()
+                .contains("did not answer"));
+        }
+        let answers = fan_out(None, RemoteKeyCall::Query, requests, 300).await;
+        assert_eq!(answers.len(), 3);
+        assert!(answers.iter().all(|(_, a)| a.is_err()));
     }
 
     #[tokio::test]
