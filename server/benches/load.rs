@@ -535,16 +535,8 @@ fn main() -> TestResult {
     }
     println!();
     println!(
-        "{:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
-        "config",
-        "sends/s",
-        "load p50",
-        "load p99",
-        "wake p50",
-        "wake p99",
-        "woken",
-        "peak MB",
-        "load average before / after"
+        "{:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  load average before / after",
+        "config", "sends/s", "load p50", "load p99", "wake p50", "wake p99", "woken", "peak MB",
     );
     for f in &all {
         let peak = f
