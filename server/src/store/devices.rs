@@ -102,10 +102,11 @@ impl Store {
     ) -> StoreResult<Option<TokenOwner>> {
         let cache_key: Option<[u8; 32]> = token_hash.try_into().ok();
         let started = std::time::Instant::now();
+        let refresh_before = now - LAST_SEEN_GRANULARITY_MS;
         let mut generation = None;
         if let Some(key) = &cache_key {
-            match self.tokens.get(key, started) {
-                // Seen within the cache lifetime: `last_seen_*` was handled then.
+            match self.tokens.get(key, started, refresh_before) {
+                // Seen within the cache lifetime and `last_seen_*` is not yet due.
                 Ok(owner) => return Ok(Some(owner)),
                 Err(current) => generation = Some(current),
             }
@@ -133,7 +134,9 @@ impl Store {
         let Some((owner, last_seen)) = found else {
             return Ok(None);
         };
-        if last_seen.is_none_or(|t| t <= now - LAST_SEEN_GRANULARITY_MS) {
+        let mut last_seen = last_seen.unwrap_or(Millis::MIN);
+        if last_seen <= refresh_before {
+            last_seen = now;
             with_writer!(self, |w, pg| {
                 sqlx::query(
                     "UPDATE devices SET last_seen_ts = $3, last_seen_ip = COALESCE($4, last_seen_ip) \
@@ -149,7 +152,8 @@ impl Store {
             })?;
         }
         if let (Some(key), Some(generation)) = (cache_key, generation) {
-            self.tokens.put(key, owner.clone(), generation, started);
+            self.tokens
+                .put(key, owner.clone(), last_seen, generation, started);
         }
         Ok(Some(owner))
     }

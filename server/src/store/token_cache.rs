@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::TokenOwner;
+use super::{Millis, TokenOwner};
 
 /// How long a token look-up is reused.
 pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(1);
@@ -29,7 +29,8 @@ const TOKEN_CACHE_MAX: usize = 10_000;
 struct Inner {
     /// Bumped by every invalidation.
     generation: u64,
-    entries: HashMap<[u8; 32], (TokenOwner, Instant)>,
+    /// Owner, when it was looked up, and the device's `last_seen_ts` as of then.
+    entries: HashMap<[u8; 32], (TokenOwner, Instant, Millis)>,
 }
 
 /// See the module documentation.
@@ -43,21 +44,37 @@ impl TokenCache {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The remembered owner of `hash`, if fresh; otherwise the current generation, to be
-    /// passed to [`TokenCache::put`] after the database look-up.
-    pub(super) fn get(&self, hash: &[u8; 32], now: Instant) -> Result<TokenOwner, u64> {
+    /// The remembered owner of `hash`, if fresh and its device's remembered `last_seen_ts` is
+    /// after `refresh_before` (so that the caller need not rewrite it); otherwise the current
+    /// generation, to be passed to [`TokenCache::put`] after the database look-up.
+    pub(super) fn get(
+        &self,
+        hash: &[u8; 32],
+        now: Instant,
+        refresh_before: Millis,
+    ) -> Result<TokenOwner, u64> {
         let inner = self.lock();
         match inner.entries.get(hash) {
-            Some((owner, at)) if now.saturating_duration_since(*at) < TOKEN_CACHE_TTL => {
+            Some((owner, at, seen))
+                if now.saturating_duration_since(*at) < TOKEN_CACHE_TTL
+                    && *seen > refresh_before =>
+            {
                 Ok(owner.clone())
             }
             _ => Err(inner.generation),
         }
     }
 
-    /// Remembers a look-up made at `now`, unless the cache was invalidated since
-    /// `generation` was read (the answer may predate a revocation).
-    pub(super) fn put(&self, hash: [u8; 32], owner: TokenOwner, generation: u64, now: Instant) {
+    /// Remembers a look-up made at `now` (with the device's `last_seen_ts` after it), unless the
+    /// cache was invalidated since `generation` was read (the answer may predate a revocation).
+    pub(super) fn put(
+        &self,
+        hash: [u8; 32],
+        owner: TokenOwner,
+        last_seen: Millis,
+        generation: u64,
+        now: Instant,
+    ) {
         let mut inner = self.lock();
         if inner.generation != generation {
             return;
@@ -65,12 +82,12 @@ impl TokenCache {
         if inner.entries.len() >= TOKEN_CACHE_MAX {
             inner
                 .entries
-                .retain(|_, (_, at)| now.saturating_duration_since(*at) < TOKEN_CACHE_TTL);
+                .retain(|_, (_, at, _)| now.saturating_duration_since(*at) < TOKEN_CACHE_TTL);
             if inner.entries.len() >= TOKEN_CACHE_MAX {
                 inner.entries.clear();
             }
         }
-        inner.entries.insert(hash, (owner, now));
+        inner.entries.insert(hash, (owner, now, last_seen));
     }
 
     /// Forgets everything; called after every transaction that may have deleted access tokens
@@ -98,21 +115,31 @@ mod tests {
     fn remembers_until_expiry_or_invalidation() {
         let cache = TokenCache::default();
         let t0 = Instant::now();
-        let generation = cache.get(&[1; 32], t0).err().unwrap_or(u64::MAX);
-        cache.put([1; 32], owner(), generation, t0);
-        assert_eq!(cache.get(&[1; 32], t0).ok(), Some(owner()));
-        assert!(cache.get(&[1; 32], t0 + TOKEN_CACHE_TTL).is_err());
+        let generation = cache.get(&[1; 32], t0, 0).err().unwrap_or(u64::MAX);
+        cache.put([1; 32], owner(), 100, generation, t0);
+        assert_eq!(cache.get(&[1; 32], t0, 0).ok(), Some(owner()));
+        assert!(cache.get(&[1; 32], t0 + TOKEN_CACHE_TTL, 0).is_err());
         cache.invalidate();
-        assert!(cache.get(&[1; 32], t0).is_err());
+        assert!(cache.get(&[1; 32], t0, 0).is_err());
     }
 
     #[test]
     fn a_lookup_that_raced_with_a_revocation_is_not_remembered() {
         let cache = TokenCache::default();
         let t0 = Instant::now();
-        let generation = cache.get(&[2; 32], t0).err().unwrap_or(u64::MAX);
+        let generation = cache.get(&[2; 32], t0, 0).err().unwrap_or(u64::MAX);
         cache.invalidate(); // a logout committed while the look-up ran
-        cache.put([2; 32], owner(), generation, t0);
-        assert!(cache.get(&[2; 32], t0).is_err());
+        cache.put([2; 32], owner(), 100, generation, t0);
+        assert!(cache.get(&[2; 32], t0, 0).is_err());
+    }
+
+    #[test]
+    fn a_due_last_seen_rewrite_bypasses_the_cache() {
+        let cache = TokenCache::default();
+        let t0 = Instant::now();
+        let generation = cache.get(&[3; 32], t0, 0).err().unwrap_or(u64::MAX);
+        cache.put([3; 32], owner(), 100, generation, t0);
+        assert!(cache.get(&[3; 32], t0, 99).is_ok());
+        assert!(cache.get(&[3; 32], t0, 100).is_err());
     }
 }
