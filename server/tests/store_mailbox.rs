@@ -528,6 +528,8 @@ async fn wakeups_follow_commits(store: Store) {
         );
         return;
     };
+    // The writer is this same process: ask for our own notifications too.
+    listener.include_own(true);
     let mut next = async || {
         tokio::time::timeout(Duration::from_secs(10), listener.recv())
             .await
