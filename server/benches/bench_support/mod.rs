@@ -20,6 +20,23 @@ pub struct Account {
     pub token: String,
 }
 
+impl Account {
+    /// Reads the account from a register or login answer (`what` names the call in errors).
+    fn from_login_body(body: &Value, what: &str) -> TestResult<Account> {
+        let field = |k: &str| {
+            body[k]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or(format!("{what}: {body}"))
+        };
+        Ok(Account {
+            user_id: field("user_id")?,
+            device_id: field("device_id")?,
+            token: field("access_token")?,
+        })
+    }
+}
+
 /// An HTTP client bound to one `hushd`.
 pub struct Bench {
     /// The keep-alive client.
@@ -39,17 +56,7 @@ impl Bench {
             .await?
             .json()
             .await?;
-        let field = |k: &str| {
-            body[k]
-                .as_str()
-                .map(str::to_owned)
-                .ok_or(format!("register: {body}"))
-        };
-        Ok(Account {
-            user_id: field("user_id")?,
-            device_id: field("device_id")?,
-            token: field("access_token")?,
-        })
+        Account::from_login_body(&body, "register")
     }
 
     /// Logs in as `name` with the bench password (a new device).
@@ -62,17 +69,7 @@ impl Bench {
             .await?
             .json()
             .await?;
-        let field = |k: &str| {
-            body[k]
-                .as_str()
-                .map(str::to_owned)
-                .ok_or(format!("login: {body}"))
-        };
-        Ok(Account {
-            user_id: field("user_id")?,
-            device_id: field("device_id")?,
-            token: field("access_token")?,
-        })
+        Account::from_login_body(&body, "login")
     }
 
     /// One sendToDevice request: `content` to `device` of `to` (`*` = all its devices).

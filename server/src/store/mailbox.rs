@@ -586,17 +586,7 @@ impl Store {
             )
         })?;
         if stale.is_some() {
-            with_writer!(self, |w, pg| {
-                sqlx::query(
-                    "DELETE FROM to_device_inbox WHERE user_id = $1 AND device_id = $2 AND pos <= $3",
-                )
-                .bind(user_id)
-                .bind(device_id)
-                .bind(pos)
-                .execute(w)
-                .await?;
-                StoreResult::Ok(())
-            })?;
+            self.ack_inbox(user_id, device_id, pos).await?;
         }
         with_pools!(self, |r, pg| {
             let rows = sqlx::query(
