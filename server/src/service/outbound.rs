@@ -18,10 +18,10 @@
 //!   whose lock another process holds is left to that process (and tried again after
 //!   [`CONTENDED_RETRY`]). When the owner dies PostgreSQL releases its locks and the next poll of
 //!   another process takes over. If this process loses its lock session (checked every
-//!   [`LOCK_PING`]), every sender task stops before its next attempt: the locks may already
-//!   belong to someone else. A task releases its lock when its queue is empty, then pokes the
-//!   manager, so EDUs queued by a process that found the lock taken are not left waiting. On
-//!   SQLite (one process) no lock is taken. See `docs/adr/0004-federation-sender-advisory-locks.md`.
+//!   [`LOCK_PING`] and before every attempt), every sender task stops before its next attempt:
+//!   the locks may already belong to someone else. A task releases its lock when its queue is
+//!   empty, then pokes the manager, so EDUs queued by a process that found the lock taken are
+//!   not left waiting. On SQLite (one process) no lock is taken. See `docs/adr/0004-federation-sender-advisory-locks.md`.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -232,6 +232,36 @@ impl Ownership {
                     tracing::warn!(%destination, error = %e, "cannot release a destination lock");
                     self.lose_session(&mut guard, "unlock failed");
                 }
+            }
+        }
+    }
+
+    /// Confirms, just before an attempt, that the locks taken under `generation` are still
+    /// held: the session answers a check (a live session keeps every lock it took). A session
+    /// the database ended while we were backing off is noticed here rather than at the next
+    /// [`LOCK_PING`], so a new owner and this process do not send to the destination at the
+    /// same time.
+    async fn confirm(&self, generation: u64) -> bool {
+        if !self.postgres {
+            return true;
+        }
+        let mut guard = self.session.lock().await;
+        if self.generation() != generation {
+            return false;
+        }
+        let Some(session) = guard.as_mut() else {
+            return false;
+        };
+        match tokio::time::timeout(LOCK_PING_TIMEOUT, session.ping()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "federation lock session check failed");
+                self.lose_session(&mut guard, "check before an attempt failed");
+                false
+            }
+            Err(_) => {
+                self.lose_session(&mut guard, "check before an attempt timed out");
+                false
             }
         }
     }
@@ -575,7 +605,7 @@ impl OutboundSender {
                 if self.stopping() {
                     return Ok(());
                 }
-                if !self.owns(generation) {
+                if !self.owns(generation) || !self.inner.ownership.confirm(generation).await {
                     return Err("lost the destination lock".to_owned());
                 }
                 let mut lost = self.inner.ownership.generation.subscribe();
