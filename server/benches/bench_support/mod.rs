@@ -144,6 +144,54 @@ pub fn memory_mb(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// Clock ticks per second of `/proc/PID/stat` times (`USER_HZ`, 100 on every Linux ABI).
+const USER_HZ: u64 = 100;
+
+/// CPU time (user + system, all threads) a process has used so far, from `/proc/PID/stat`
+/// (zero if it cannot be read). Resolution: one clock tick (10 ms).
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis,
+    // where field 3 (state) has index 0, utime (field 14) index 11 and stime (15) index 12.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    Duration::from_micros(ticks * 1_000_000 / USER_HZ)
+}
+
+/// CPU time used by `hushd` and by the bench process itself over one phase.
+pub struct CpuMeter {
+    pid: u32,
+    server: Duration,
+    client: Duration,
+}
+
+impl CpuMeter {
+    /// Starts measuring `hushd` (process `pid`) and this process.
+    pub fn start(pid: u32) -> CpuMeter {
+        CpuMeter {
+            pid,
+            server: cpu_time(pid),
+            client: cpu_time(std::process::id()),
+        }
+    }
+
+    /// `(hushd, bench client)` CPU microseconds per item over `items` items since the start.
+    pub fn per_item_us(&self, items: usize) -> (f64, f64) {
+        let n = items.max(1) as f64;
+        let server = cpu_time(self.pid).saturating_sub(self.server);
+        let client = cpu_time(std::process::id()).saturating_sub(self.client);
+        (
+            server.as_secs_f64() * 1e6 / n,
+            client.as_secs_f64() * 1e6 / n,
+        )
+    }
+}
+
 /// Prints the memory of hushd after a phase (to standard error, as a diagnostic).
 pub fn phase_done(pid: u32, phase: &str) {
     let (rss, hwm) = memory_mb(pid);
