@@ -17,9 +17,7 @@ mod ops_support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench_support::{
-    env_usize, memory_mb, percentile, phase_done, Account, Bench, CpuMeter,
-};
+use bench_support::{env_usize, memory_mb, percentile, phase_done, Account, Bench, CpuMeter};
 use ops_support::{database, env_refs, server_env, Server, TestResult};
 use serde_json::{json, Value};
 
@@ -36,7 +34,13 @@ struct Row {
 
 /// Adds the CPU cost per item of the phase `meter` measured: hushd's, then the bench client's
 /// (both share the machine, so the client's cost bounds what a wall-clock figure can show).
-fn cpu_rows(rows: &mut Vec<Row>, meter: &CpuMeter, items: usize, server: &'static str, client: &'static str) {
+fn cpu_rows(
+    rows: &mut Vec<Row>,
+    meter: &CpuMeter,
+    items: usize,
+    server: &'static str,
+    client: &'static str,
+) {
     let (server_us, client_us) = meter.per_item_us(items);
     rows.push(Row {
         metric: server,
@@ -136,7 +140,13 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
         unit: "msg/s",
         goal: ">= 3000",
     });
-    cpu_rows(&mut rows, &meter, n, "  hushd CPU per send", "  bench CPU per send");
+    cpu_rows(
+        &mut rows,
+        &meter,
+        n,
+        "  hushd CPU per send",
+        "  bench CPU per send",
+    );
     phase_done(server.pid(), "sends, 1 sender");
     let meter = CpuMeter::start(server.pid());
     let many = send_phase(&bench, &senders, &receiver, n, "many").await?;
@@ -146,7 +156,13 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
         unit: "msg/s",
         goal: ">= 10000",
     });
-    cpu_rows(&mut rows, &meter, n, "  hushd CPU per send", "  bench CPU per send");
+    cpu_rows(
+        &mut rows,
+        &meter,
+        n,
+        "  hushd CPU per send",
+        "  bench CPU per send",
+    );
     phase_done(server.pid(), "sends, 16 senders");
 
     // 2. Drain the 2n queued messages through /sync.
@@ -172,7 +188,13 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
         unit: "msg/s",
         goal: "",
     });
-    cpu_rows(&mut rows, &meter, drained, "  hushd CPU per message", "  bench CPU per message");
+    cpu_rows(
+        &mut rows,
+        &meter,
+        drained,
+        "  hushd CPU per message",
+        "  bench CPU per message",
+    );
     phase_done(server.pid(), "sync drain");
 
     // 3. Live: the receiver long-polls while 16 senders send n messages.
@@ -201,7 +223,13 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
         unit: "msg/s",
         goal: ">= 5000",
     });
-    cpu_rows(&mut rows, &meter, n, "  hushd CPU per message", "  bench CPU per message");
+    cpu_rows(
+        &mut rows,
+        &meter,
+        n,
+        "  hushd CPU per message",
+        "  bench CPU per message",
+    );
     phase_done(server.pid(), "live");
 
     // 4. Wake-up latency of an idle long-poll.
@@ -322,7 +350,13 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
         unit: "claims/s",
         goal: ">= 5000",
     });
-    cpu_rows(&mut rows, &meter, total, "  hushd CPU per claim", "  bench CPU per claim");
+    cpu_rows(
+        &mut rows,
+        &meter,
+        total,
+        "  hushd CPU per claim",
+        "  bench CPU per claim",
+    );
     phase_done(server.pid(), "claims");
 
     // 6. Peak RSS with rss_messages queued: 100 devices of one user, '*' fan-out.
