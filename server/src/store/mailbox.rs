@@ -168,42 +168,90 @@ fn sqlite_txn_sql(rows: usize) -> String {
     )
 }
 
+/// SQLite: `(index, inbox_last_pos, first queued position)` of up to [`SQLITE_CHUNK`] devices
+/// given as `(index, user, device)` rows; unknown devices (and padding) match nothing.
+fn sqlite_heads_sql(rows: usize) -> String {
+    values_sql(
+        "SELECT v.column1, d.inbox_last_pos, (SELECT MIN(i.pos) FROM to_device_inbox i \
+         WHERE i.user_id = d.user_id AND i.device_id = d.device_id) FROM ",
+        3,
+        rows,
+        " AS v JOIN devices d ON d.user_id = v.column2 AND d.device_id = v.column3",
+    )
+}
+
+/// SQLite: sets `inbox_last_pos` of up to [`SQLITE_CHUNK`] `(user, device, last)` rows.
+fn sqlite_store_heads_sql(rows: usize) -> String {
+    values_sql(
+        "UPDATE devices SET inbox_last_pos = v.column3 FROM ",
+        3,
+        rows,
+        " AS v WHERE devices.user_id = v.column1 AND devices.device_id = v.column2",
+    )
+}
+
+static SQLITE_HEADS_SQL: OnceLock<Vec<String>> = OnceLock::new();
+static SQLITE_STORE_HEADS_SQL: OnceLock<Vec<String>> = OnceLock::new();
 static SQLITE_INBOX_SQL: OnceLock<Vec<String>> = OnceLock::new();
 static SQLITE_TXN_SQL: OnceLock<Vec<String>> = OnceLock::new();
 
 impl MailboxOps for sqlx::SqliteConnection {
+    /// One padded multi-row statement per [`SQLITE_CHUNK`] recipients.
     async fn load_heads(
         &mut self,
         recipients: &[(&str, &str)],
     ) -> Result<Vec<(usize, i64, Option<i64>)>, sqlx::Error> {
         let mut out = Vec::with_capacity(recipients.len());
-        for (i, &(user_id, device_id)) in recipients.iter().enumerate() {
-            let row = sqlx::query(
-                "SELECT inbox_last_pos, (SELECT MIN(pos) FROM to_device_inbox i \
-                 WHERE i.user_id = d.user_id AND i.device_id = d.device_id) AS first_pos \
-                 FROM devices d WHERE d.user_id = $1 AND d.device_id = $2",
-            )
-            .bind(user_id)
-            .bind(device_id)
-            .fetch_optional(&mut *self)
-            .await?;
-            if let Some(row) = row {
-                out.push((i, row.try_get("inbox_last_pos")?, row.try_get("first_pos")?));
+        for (c, chunk) in recipients.chunks(SQLITE_CHUNK).enumerate() {
+            let class = class_index(chunk.len());
+            let padding = SQLITE_CLASSES.get(class).map_or(0, |n| n - chunk.len());
+            let offset = c * SQLITE_CHUNK;
+            // `?1` is not used by this statement.
+            let mut query =
+                sqlx::query(class_sql(&SQLITE_HEADS_SQL, class, sqlite_heads_sql)).bind(0_i64);
+            for (i, &(user_id, device_id)) in chunk.iter().enumerate() {
+                let index = i64::try_from(offset + i).unwrap_or(i64::MAX);
+                query = query.bind(index).bind(user_id).bind(device_id);
+            }
+            for _ in 0..padding {
+                query = query
+                    .bind(None::<i64>)
+                    .bind(None::<&str>)
+                    .bind(None::<&str>);
+            }
+            for row in query.fetch_all(&mut *self).await? {
+                let index: i64 = row.try_get(0)?;
+                let Ok(index) = usize::try_from(index) else {
+                    continue;
+                };
+                out.push((index, row.try_get(1)?, row.try_get(2)?));
             }
         }
         Ok(out)
     }
 
+    /// One padded multi-row statement per [`SQLITE_CHUNK`] devices.
     async fn store_heads(&mut self, heads: &[(&str, &str, i64)]) -> Result<(), sqlx::Error> {
-        for &(user_id, device_id, last) in heads {
-            sqlx::query(
-                "UPDATE devices SET inbox_last_pos = $3 WHERE user_id = $1 AND device_id = $2",
-            )
-            .bind(user_id)
-            .bind(device_id)
-            .bind(last)
-            .execute(&mut *self)
-            .await?;
+        for chunk in heads.chunks(SQLITE_CHUNK) {
+            let class = class_index(chunk.len());
+            let padding = SQLITE_CLASSES.get(class).map_or(0, |n| n - chunk.len());
+            // `?1` is not used by this statement.
+            let mut query = sqlx::query(class_sql(
+                &SQLITE_STORE_HEADS_SQL,
+                class,
+                sqlite_store_heads_sql,
+            ))
+            .bind(0_i64);
+            for &(user_id, device_id, last) in chunk {
+                query = query.bind(user_id).bind(device_id).bind(last);
+            }
+            for _ in 0..padding {
+                query = query
+                    .bind(None::<&str>)
+                    .bind(None::<&str>)
+                    .bind(None::<i64>);
+            }
+            query.execute(&mut *self).await?;
         }
         Ok(())
     }
