@@ -62,6 +62,9 @@ pub(super) struct SqliteWriter {
     options: SqliteConnectOptions,
     /// Set when the connection failed fatally; the next user reopens it.
     broken: AtomicBool,
+    /// Set while a transaction begun by the caller's own `BEGIN` (see
+    /// [`SqliteWriter::begin_raw`]) may be open; the next [`SqliteWriter::lock`] rolls it back.
+    raw_open: AtomicBool,
 }
 
 impl SqliteWriter {
@@ -77,8 +80,55 @@ impl SqliteWriter {
                 }
             }
         }
-        MutexGuard::try_map(guard, Option::as_mut)
-            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))
+        let mut conn = MutexGuard::try_map(guard, Option::as_mut)
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        if self.raw_open.load(Ordering::Acquire) {
+            // The last raw transaction's owner was cancelled or its roll-back failed.
+            self.rollback_raw(&mut conn).await?;
+        }
+        Ok(conn)
+    }
+
+    /// Prepares the locked writer connection for a transaction that the caller runs outside
+    /// sqlx's transaction manager, so that `BEGIN IMMEDIATE` can travel in the same command
+    /// (one round trip to the connection's worker thread) as the transaction's first
+    /// statements and `COMMIT` in the same command as its last ones.
+    ///
+    /// The caller must then either see its `COMMIT` succeed and call
+    /// [`SqliteWriter::raw_finished`], or call [`SqliteWriter::rollback_raw`]. Until one of
+    /// them has run, the next [`SqliteWriter::lock`] rolls back whatever is still open (the
+    /// caller may have been cancelled mid-way), so a transaction nobody owns can never wedge
+    /// the writer or be committed by a later statement.
+    pub(super) async fn begin_raw(&self, conn: &mut SqliteConnection) -> StoreResult<()> {
+        type Manager = <sqlx::Sqlite as sqlx::Database>::TransactionManager;
+        if Manager::get_transaction_depth(conn) > 0 {
+            Manager::rollback(conn)
+                .await
+                .inspect_err(|e| self.note_error(e))?;
+        }
+        self.raw_open.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Records that the raw transaction begun after [`SqliteWriter::begin_raw`] has committed.
+    pub(super) fn raw_finished(&self) {
+        self.raw_open.store(false, Ordering::Release);
+    }
+
+    /// Rolls back the raw transaction begun after [`SqliteWriter::begin_raw`], if one is open.
+    pub(super) async fn rollback_raw(&self, conn: &mut SqliteConnection) -> StoreResult<()> {
+        match sqlx::query("ROLLBACK").execute(&mut *conn).await {
+            // A database error here means that no transaction was open (it never began, or
+            // SQLite already rolled it back): nothing is left to undo.
+            Ok(_) | Err(sqlx::Error::Database(_)) => {
+                self.raw_open.store(false, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                self.note_error(&e);
+                Err(e.into())
+            }
+        }
     }
 
     /// Starts a write transaction (`BEGIN IMMEDIATE`) on the locked writer connection.
@@ -271,6 +321,7 @@ impl Store {
             conn: Mutex::new(Some(writer)),
             options,
             broken: AtomicBool::new(false),
+            raw_open: AtomicBool::new(false),
         });
         Ok(Store {
             backend: Backend::Sqlite { writer, reader },
