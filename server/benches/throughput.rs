@@ -17,7 +17,7 @@ mod ops_support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench_support::{env_usize, memory_mb, percentile, phase_done, Account, Bench, CpuMeter};
+use bench_support::{env_usize, memory_mb, percentile, phase_done, Account, Bench, Conn, CpuMeter};
 use ops_support::{database, env_refs, server_env, Server, TestResult};
 use serde_json::{json, Value};
 
@@ -78,17 +78,19 @@ async fn send_phase(
             per
         };
         tasks.spawn(async move {
+            // One connection per sender, as a real client keeps one.
+            let mut conn = Conn::open(&bench.base).await?;
+            let pad = "x".repeat(64);
             for i in 0..count {
                 let txn = format!("{tag}-{s}-{i}");
-                bench
-                    .send(
-                        &sender,
-                        &txn,
-                        &to.user_id,
-                        &to.device_id,
-                        json!({"i": i, "pad": "x".repeat(64)}),
-                    )
-                    .await?;
+                conn.send(
+                    &sender,
+                    &txn,
+                    &to.user_id,
+                    &to.device_id,
+                    &json!({"i": i, "pad": pad}),
+                )
+                .await?;
             }
             TestResult::Ok(())
         });

@@ -37,6 +37,62 @@ impl Account {
     }
 }
 
+/// One HTTP/1.1 keep-alive connection to `hushd`, driven by hyper directly (no pool, redirect
+/// or timeout layers): the send phases use one per sender so that the client's own CPU cost
+/// per request stays small next to the server's (both share the machine).
+pub struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<String>,
+    authority: String,
+}
+
+impl Conn {
+    /// Connects to `base` (`http://HOST:PORT`).
+    pub async fn open(base: &str) -> TestResult<Conn> {
+        let authority = base
+            .strip_prefix("http://")
+            .ok_or("the bench connects over plain HTTP")?
+            .trim_end_matches('/')
+            .to_owned();
+        let stream = tokio::net::TcpStream::connect(&authority).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        // Runs the connection until `sender` is dropped.
+        tokio::spawn(connection);
+        Ok(Conn { sender, authority })
+    }
+
+    /// One sendToDevice request: `content` to `device` of `to` (`*` = all its devices); an
+    /// answer other than 200 is an error.
+    pub async fn send(
+        &mut self,
+        from: &Account,
+        txn: &str,
+        to: &str,
+        device: &str,
+        content: &Value,
+    ) -> TestResult {
+        use http_body_util::BodyExt as _;
+        let body = serde_json::to_string(&json!({"messages": {to: {device: content}}}))?;
+        let request = http::Request::put(format!("/_matrix/client/v3/sendToDevice/m.bench/{txn}"))
+            .header(http::header::HOST, &self.authority)
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", from.token),
+            )
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body)?;
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status();
+        let answer = response.into_body().collect().await?.to_bytes();
+        if status != http::StatusCode::OK {
+            return Err(format!("send: {status} {}", String::from_utf8_lossy(&answer)).into());
+        }
+        Ok(())
+    }
+}
+
 /// An HTTP client bound to one `hushd`.
 pub struct Bench {
     /// The keep-alive client.
