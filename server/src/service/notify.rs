@@ -326,6 +326,9 @@ async fn relay(mut listener: WakeListener, notifier: Notifier, mut stop: watch::
                 notifier.deliver_local(&WakeEvent::Device { user_id, device_id });
             }
             Ok(Wakeup::DeviceLists) => notifier.deliver_local(&WakeEvent::DeviceLists),
+            // Another process revoked access tokens; the listener has already emptied the
+            // store's token cache before handing this over.
+            Ok(Wakeup::Tokens) => {}
             Ok(Wakeup::Lost) => {
                 tracing::warn!(
                     waiting = notifier.waiting(),
