@@ -112,6 +112,19 @@ fn parse_payloads(payload: &str) -> Option<(Vec<Wakeup>, bool)> {
     if payload.starts_with(DEVICES) {
         return parse_devices(payload, &own);
     }
+    if payload.starts_with(DEVICE_LISTS) && payload.contains(LINE) {
+        // `*lists\t<instance>` followed by one `\n<user>` per changed user.
+        let mut lines = payload.split(LINE);
+        let sender = lines
+            .next()?
+            .strip_prefix(DEVICE_LISTS)?
+            .strip_prefix(SEPARATOR)?;
+        let users: Vec<String> = lines.map(str::to_owned).collect();
+        if users.iter().any(|u| !u.starts_with('@')) {
+            return None;
+        }
+        return Some((vec![Wakeup::DeviceListsOf(users)], sender == own));
+    }
     let (wakeup, own) = parse_payload(payload)?;
     Some((vec![wakeup], own))
 }
@@ -181,8 +194,10 @@ pub enum Wakeup {
         /// Device ID.
         device_id: String,
     },
-    /// Some user's device list changed.
+    /// Some user's device list changed (which one is not known).
     DeviceLists,
+    /// The device lists of these users changed.
+    DeviceListsOf(Vec<String>),
     /// Access tokens were revoked by another process: forget remembered token look-ups. The
     /// listener has already emptied this store's token cache when it returns this.
     Tokens,
@@ -308,20 +323,30 @@ impl Store {
         }
     }
 
-    /// Tells every process that some device list changed (call after the change committed).
-    /// A no-op on SQLite.
-    pub async fn notify_device_lists(&self) -> StoreResult<()> {
-        match &self.backend {
-            Backend::Sqlite { .. } => Ok(()),
-            Backend::Postgres(pool) => {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(WAKE_CHANNEL)
-                    .bind(format!("{DEVICE_LISTS}{SEPARATOR}{:016x}", instance_id()))
-                    .execute(pool)
-                    .await?;
-                Ok(())
+    /// Tells every process that the device lists of `users` changed, or, with no users, that
+    /// some device list changed (call after the change committed). Long user lists are split
+    /// over several notifications. A no-op on SQLite.
+    pub async fn notify_device_lists(&self, users: &[String]) -> StoreResult<()> {
+        let Backend::Postgres(pool) = &self.backend else {
+            return Ok(());
+        };
+        let head = format!("{DEVICE_LISTS}{SEPARATOR}{:016x}", instance_id());
+        let mut payloads = Vec::new();
+        let mut current = head.clone();
+        for user in users {
+            if current.len() > head.len() && current.len() + 1 + user.len() > MAX_PAYLOAD {
+                payloads.push(std::mem::replace(&mut current, head.clone()));
             }
+            current.push(LINE);
+            current.push_str(user);
         }
+        payloads.push(current);
+        sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p")
+            .bind(WAKE_CHANNEL)
+            .bind(payloads)
+            .execute(pool)
+            .await?;
+        Ok(())
     }
 }
 
@@ -350,6 +375,32 @@ mod tests {
             Some((Wakeup::DeviceLists, true))
         );
         assert_eq!(parse_payload("hello"), None);
+        let lists = format!("{DEVICE_LISTS}\t{:016x}\n@a:hs\n@b:hs", instance_id());
+        assert_eq!(
+            parse_payloads(&lists),
+            Some((
+                vec![Wakeup::DeviceListsOf(vec!["@a:hs".into(), "@b:hs".into()])],
+                true
+            ))
+        );
+        let many: Vec<String> = (0..2_000).map(|i| format!("@user{i}:hs")).collect();
+        let payloads = wake_payloads(many.iter().map(|u| (u.as_str(), "DEVICE")));
+        assert!(payloads.len() > 1, "split over several notifications");
+        let mut woken = Vec::new();
+        for p in &payloads {
+            assert!(p.len() <= MAX_PAYLOAD);
+            let (events, own) = parse_payloads(p).unwrap_or_default();
+            assert!(own);
+            woken.extend(events);
+        }
+        assert_eq!(woken.len(), many.len());
+        assert_eq!(
+            woken.first(),
+            Some(&Wakeup::Device {
+                user_id: "@user0:hs".into(),
+                device_id: "DEVICE".into()
+            })
+        );
         assert_eq!(parse_payload(""), None);
     }
 }
