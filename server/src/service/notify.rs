@@ -574,6 +574,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_device_list_change_wakes_only_followers() {
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("no temporary directory");
+        };
+        let url = format!("sqlite://{}", dir.path().join("n.db").display());
+        let Ok(store) = Store::connect(&url).await else {
+            panic!("cannot open {url}");
+        };
+        for user in ["@alice:hs", "@bob:hs", "@carol:hs"] {
+            assert!(store.create_user(user, None, None, 0).await.is_ok());
+        }
+        assert!(store
+            .add_device_list_interest("@alice:hs", &["@carol:hs".to_owned()])
+            .await
+            .is_ok());
+        let n = Notifier::with_store(store, None);
+        let mut alice = n.subscribe("@alice:hs", "A");
+        let mut carol = n.subscribe("@carol:hs", "C");
+        let bob = n.subscribe("@bob:hs", "B");
+        n.wake_device_lists_of("@carol:hs");
+        let woken = tokio::time::timeout(Duration::from_secs(5), alice.changed()).await;
+        assert_eq!(woken.ok(), Some(Woken::DeviceLists), "a follower wakes");
+        let woken = tokio::time::timeout(Duration::from_secs(5), carol.changed()).await;
+        assert_eq!(
+            woken.ok(),
+            Some(Woken::DeviceLists),
+            "the user itself wakes"
+        );
+        // Followers are woken together, under one lock: bob would have been by now.
+        assert!(
+            !bob.user_lists.has_changed().unwrap_or(true),
+            "bob follows nobody"
+        );
+        assert!(!bob.device_lists.has_changed().unwrap_or(true));
+        assert!(!bob.device.has_changed().unwrap_or(true));
+    }
+
+    #[tokio::test]
     async fn without_a_store_a_named_change_wakes_every_list_waiter() {
         let n = Notifier::new();
         let mut sub = n.subscribe("@b:hs", "D");
