@@ -4,6 +4,8 @@
 //! * a long-polling `/sync` on one process wakes for a send, a key claim and a device-list
 //!   change handled by another, and after its listening connection was cut;
 //! * the same txnId sent to two processes is delivered once;
+//! * a token revoked through one process is refused by another at once (not after its token
+//!   cache expires);
 //! * a federation destination shared by three processes is sent by one at a time (a recording
 //!   receiver sees at most one request at once and every EDU exactly once, in order), and when
 //!   the sending process is killed with SIGKILL another takes over and drains the queue; an
@@ -179,6 +181,73 @@ async fn sync_wakes_across_processes_and_txn_ids_hold_across_processes() {
     assert!(took < WOKEN_BEFORE, "wake-ups after a reconnect");
     assert_eq!(events(&answer).len(), 1, "{answer}");
     assert_eq!(events(&answer)[0]["content"]["seq"], 3);
+}
+
+/// A token revoked through one process is refused by another process that remembered it,
+/// without waiting for its token cache to expire: the revocation reaches the other process as a
+/// notification on the wake-up channel, ahead of anything committed after it. The test orders
+/// events through that channel instead of timing them: a message sent through p0 after the
+/// logout wakes a sync on p1 only after p1 processed every earlier notification, including the
+/// revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_through_one_process_is_refused_by_the_others() {
+    let ca = TestCa::new();
+    let cluster = Cluster::start(&ca, 2).await;
+    let [p0, p1] = [&cluster.procs[0], &cluster.procs[1]];
+    let alice = p0.register("alice").await;
+    let bob = p1.register("bob").await;
+    let carol = p0.register("carol").await;
+    // p1 resolves (and remembers) alice's token.
+    let (status, body) = p1
+        .request(
+            Some(&alice),
+            reqwest::Method::GET,
+            "/_matrix/client/v3/account/whoami",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // alice logs out through p0.
+    let (status, body) = p0
+        .request(
+            Some(&alice),
+            reqwest::Method::POST,
+            "/_matrix/client/v3/logout",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // A message sent through p0 after the logout wakes bob's sync on p1: p1 has handled every
+    // notification committed before it.
+    let since = next_batch(&p1.sync(&bob, None, 0).await);
+    let waiter = long_poll(&cluster, 1, &bob, &since);
+    p1.wait_for_waiting_syncs(1).await;
+    p0.send_to_device(
+        &carol,
+        "after-logout",
+        json!({ bob.user_id.clone(): { bob.device_id.clone(): {"seq": 1} } }),
+    )
+    .await;
+    let (answer, took) = waiter.await.unwrap();
+    assert_eq!(events(&answer).len(), 1, "{answer}");
+    assert!(took < WOKEN_BEFORE, "the send on p0 did not wake p1");
+
+    // So p1 refuses the revoked token now.
+    let (status, body) = p1
+        .request(
+            Some(&alice),
+            reqwest::Method::GET,
+            "/_matrix/client/v3/account/whoami",
+            None,
+        )
+        .await;
+    assert_eq!(
+        status, 401,
+        "revoked token accepted by another process: {body}"
+    );
+    assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN", "{body}");
 }
 
 /// Terminates the database sessions of `database_url` whose current query matches `pattern`

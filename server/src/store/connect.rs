@@ -220,6 +220,11 @@ fn spawn_checkpointer(writer: std::sync::Weak<SqliteWriter>, options: SqliteConn
 
 /// A pooled PostgreSQL connection idle for longer than this is pinged before use.
 const PG_PING_IDLE_AFTER: Duration = Duration::from_secs(5);
+/// Longest wait for a pooled PostgreSQL connection. While the database is down every new
+/// connection is refused and the pool keeps retrying until this passes; the request then gets
+/// a retryable 503, so it should be short. Under normal load a connection is free within
+/// milliseconds (queries are short and nothing holds one while waiting for a client).
+const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections in the PostgreSQL pool of one process.
 const PG_MAX_CONNECTIONS: u32 = 16;
 /// Reader connections for SQLite (WAL readers run alongside the single writer).
@@ -300,7 +305,7 @@ impl Store {
         if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()
                 .max_connections(PG_MAX_CONNECTIONS)
-                .acquire_timeout(Duration::from_secs(10))
+                .acquire_timeout(PG_ACQUIRE_TIMEOUT)
                 // sqlx pings every connection it hands out by default: a round trip per query.
                 // Only connections that sat idle for a while are checked (they are the ones a
                 // database restart or a network change could have broken meanwhile).
@@ -320,6 +325,7 @@ impl Store {
                 backend: Backend::Postgres(pool),
                 tokens: Arc::default(),
                 claims: Arc::default(),
+                acks: Arc::default(),
             });
         }
         let url = parse_sqlite_url(database_url)?;
@@ -376,6 +382,7 @@ impl Store {
             backend: Backend::Sqlite { writer, reader },
             tokens: Arc::default(),
             claims: Arc::default(),
+            acks: Arc::default(),
         })
     }
 }

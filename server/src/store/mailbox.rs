@@ -13,7 +13,9 @@ use std::sync::OnceLock;
 
 use sqlx::Row;
 
-use super::notify::{wake_payload, WakeOnCommit};
+use tokio::sync::oneshot;
+
+use super::notify::{wake_payloads, WakeOnCommit};
 
 use super::{
     with_pools, with_tx, with_writer, InboxEvent, Millis, OutboundEdu, SendOutcome, SendRequest,
@@ -946,11 +948,12 @@ impl Store {
                 .await?;
             }
             MailboxOps::insert_inbox(&mut *tx, &plan.rows, now).await?;
-            let woken: Vec<String> = plan
-                .advanced
-                .iter()
-                .map(|&(user_id, device_id, _)| wake_payload(user_id, device_id))
-                .collect();
+            // One notification for the whole batch (a few for a very long device list).
+            let woken = wake_payloads(
+                plan.advanced
+                    .iter()
+                    .map(|&(user_id, device_id, _)| (user_id, device_id)),
+            );
             WakeOnCommit::wake_on_commit(&mut *tx, &woken).await?;
             MailboxOps::store_heads(&mut *tx, &plan.advanced).await?;
             super::federation::enqueue_edus!(tx, plan.edus, now);
@@ -1008,8 +1011,7 @@ impl Store {
         })
     }
 
-    /// Everything one `/sync` answer reads, on ONE pooled connection (one acquire instead of
-    /// one per statement), in this order: the device-list stream position, whether messages at
+    /// Everything one `/sync` answer reads, in one statement on either backend (one snapshot): the device-list stream position, whether messages at
     /// or before `after` are still queued (an acknowledgement to apply with
     /// [`Store::ack_inbox`]), up to `limit` messages after `after`, the unclaimed one-time key
     /// counts and the unused fallback key algorithms.
@@ -1020,75 +1022,25 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> StoreResult<SyncReads> {
-        if let super::Backend::Sqlite { reader, .. } = &self.backend {
-            return sqlite_sync_reads(reader, user_id, device_id, after, limit).await;
+        match &self.backend {
+            super::Backend::Sqlite { reader, .. } => {
+                sqlite_sync_reads(reader, user_id, device_id, after, limit).await
+            }
+            super::Backend::Postgres(pool) => {
+                pg_sync_reads(pool, user_id, device_id, after, limit).await
+            }
         }
-        with_pools!(self, |r, pg| {
-            let mut conn = r.acquire().await?;
-            let device_list_pos: i64 =
-                sqlx::query_scalar("SELECT value FROM stream_counters WHERE name = 'device_list'")
-                    .fetch_one(&mut *conn)
-                    .await?;
-            let stale: Option<i64> = sqlx::query_scalar(
-                "SELECT pos FROM to_device_inbox WHERE user_id = $1 AND device_id = $2 \
-                 AND pos <= $3 LIMIT 1",
-            )
-            .bind(user_id)
-            .bind(device_id)
-            .bind(after)
-            .fetch_optional(&mut *conn)
-            .await?;
-            let rows = sqlx::query(
-                "SELECT pos, sender, event_type, content FROM to_device_inbox \
-                 WHERE user_id = $1 AND device_id = $2 AND pos > $3 ORDER BY pos LIMIT $4",
-            )
-            .bind(user_id)
-            .bind(device_id)
-            .bind(after)
-            .bind(limit.max(0))
-            .fetch_all(&mut *conn)
-            .await?;
-            let mut events = Vec::with_capacity(rows.len());
-            for row in &rows {
-                events.push(InboxEvent {
-                    pos: row.try_get("pos")?,
-                    sender: row.try_get("sender")?,
-                    event_type: row.try_get("event_type")?,
-                    content: row.try_get("content")?,
-                });
-            }
-            let rows = sqlx::query(
-                "SELECT algorithm, COUNT(*) AS n FROM one_time_keys \
-                 WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm",
-            )
-            .bind(user_id)
-            .bind(device_id)
-            .fetch_all(&mut *conn)
-            .await?;
-            let mut one_time_key_counts = BTreeMap::new();
-            for row in &rows {
-                one_time_key_counts.insert(row.try_get("algorithm")?, row.try_get("n")?);
-            }
-            let unused_fallback_key_types = sqlx::query_scalar(
-                "SELECT algorithm FROM fallback_keys \
-                 WHERE user_id = $1 AND device_id = $2 AND used = FALSE ORDER BY algorithm",
-            )
-            .bind(user_id)
-            .bind(device_id)
-            .fetch_all(&mut *conn)
-            .await?;
-            Ok(SyncReads {
-                device_list_pos,
-                unacknowledged: stale.is_some(),
-                events,
-                one_time_key_counts,
-                unused_fallback_key_types,
-            })
-        })
     }
 
     /// Deletes the device's messages at or before `pos` (an acknowledgement).
+    ///
+    /// On PostgreSQL concurrent acknowledgements of this process are committed together (one
+    /// statement and one commit for the group, see [`AckGroup`]); the call returns once its
+    /// group committed.
     pub async fn ack_inbox(&self, user_id: &str, device_id: &str, pos: i64) -> StoreResult<()> {
+        if let super::Backend::Postgres(pool) = &self.backend {
+            return self.acks.ack(pool, user_id, device_id, pos).await;
+        }
         with_writer!(self, |w, pg| {
             sqlx::query(
                 "DELETE FROM to_device_inbox WHERE user_id = $1 AND device_id = $2 AND pos <= $3",
@@ -1142,4 +1094,175 @@ impl Store {
             Ok(found.is_some())
         })
     }
+}
+
+/// PostgreSQL: everything [`Store::sync_reads`] reads, in ONE statement (one round trip and
+/// one snapshot instead of five statements).
+async fn pg_sync_reads(
+    pool: &sqlx::PgPool,
+    user_id: &str,
+    device_id: &str,
+    after: i64,
+    limit: i64,
+) -> StoreResult<SyncReads> {
+    let row = sqlx::query(
+        "WITH m AS (SELECT pos, sender, event_type, content FROM to_device_inbox \
+             WHERE user_id = $1 AND device_id = $2 AND pos > $3 ORDER BY pos LIMIT $4), \
+         k AS (SELECT algorithm, COUNT(*) AS n FROM one_time_keys \
+             WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm) \
+         SELECT (SELECT value FROM stream_counters WHERE name = 'device_list') AS device_list_pos, \
+         EXISTS (SELECT 1 FROM to_device_inbox \
+             WHERE user_id = $1 AND device_id = $2 AND pos <= $3) AS stale, \
+         (SELECT array_agg(pos ORDER BY pos) FROM m) AS positions, \
+         (SELECT array_agg(sender ORDER BY pos) FROM m) AS senders, \
+         (SELECT array_agg(event_type ORDER BY pos) FROM m) AS types, \
+         (SELECT array_agg(content ORDER BY pos) FROM m) AS contents, \
+         (SELECT array_agg(algorithm ORDER BY algorithm) FROM k) AS algorithms, \
+         (SELECT array_agg(n ORDER BY algorithm) FROM k) AS counts, \
+         (SELECT array_agg(algorithm ORDER BY algorithm) FROM fallback_keys \
+             WHERE user_id = $1 AND device_id = $2 AND used = FALSE) AS fallback",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(after)
+    .bind(limit.max(0))
+    .fetch_one(pool)
+    .await?;
+    let positions: Vec<i64> = row
+        .try_get::<Option<_>, _>("positions")?
+        .unwrap_or_default();
+    let senders: Vec<String> = row.try_get::<Option<_>, _>("senders")?.unwrap_or_default();
+    let types: Vec<String> = row.try_get::<Option<_>, _>("types")?.unwrap_or_default();
+    let contents: Vec<String> = row.try_get::<Option<_>, _>("contents")?.unwrap_or_default();
+    let events = positions
+        .into_iter()
+        .zip(senders)
+        .zip(types)
+        .zip(contents)
+        .map(|(((pos, sender), event_type), content)| InboxEvent {
+            pos,
+            sender,
+            event_type,
+            content,
+        })
+        .collect();
+    let algorithms: Vec<String> = row
+        .try_get::<Option<_>, _>("algorithms")?
+        .unwrap_or_default();
+    let counts: Vec<i64> = row.try_get::<Option<_>, _>("counts")?.unwrap_or_default();
+    Ok(SyncReads {
+        device_list_pos: row.try_get("device_list_pos")?,
+        unacknowledged: row.try_get("stale")?,
+        events,
+        one_time_key_counts: algorithms.into_iter().zip(counts).collect(),
+        unused_fallback_key_types: row.try_get::<Option<_>, _>("fallback")?.unwrap_or_default(),
+    })
+}
+
+/// One queued acknowledgement: delete `(user_id, device_id)`'s messages up to `pos`.
+struct AckJob {
+    user_id: String,
+    device_id: String,
+    pos: i64,
+    reply: oneshot::Sender<StoreResult<()>>,
+}
+
+/// Group commit of acknowledgements on PostgreSQL.
+///
+/// Every delivered message is acknowledged by the recipient's next `/sync`, so under load
+/// there is one acknowledgement per message; alone, each would be its own transaction with its
+/// own WAL flush. The caller that finds no group committing becomes the leader: it takes every
+/// queued acknowledgement and deletes them with one statement over arrays, in a spawned task (a
+/// cancelled caller cannot abort the others'); the ones that queued meanwhile are taken by the
+/// next leader. If a group fails, each of its acknowledgements is retried alone, so one
+/// caller's error never becomes another's.
+#[derive(Default)]
+pub(super) struct AckGroup {
+    queue: std::sync::Mutex<Vec<AckJob>>,
+    leader: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl AckGroup {
+    /// Queues one acknowledgement and waits until its group committed.
+    async fn ack(
+        &self,
+        pool: &sqlx::PgPool,
+        user_id: &str,
+        device_id: &str,
+        pos: i64,
+    ) -> StoreResult<()> {
+        let (reply, mut answer) = oneshot::channel();
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(AckJob {
+                user_id: user_id.to_owned(),
+                device_id: device_id.to_owned(),
+                pos,
+                reply,
+            });
+        let leader = self.leader.clone().lock_owned().await;
+        match answer.try_recv() {
+            Ok(result) => return result, // committed by the previous leader
+            Err(oneshot::error::TryRecvError::Closed) => return Err(lost_ack()),
+            Err(oneshot::error::TryRecvError::Empty) => {}
+        }
+        let jobs = std::mem::take(
+            &mut *self
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let _leader = leader;
+            commit_ack_group(&pool, jobs).await;
+        });
+        answer.await.unwrap_or_else(|_| Err(lost_ack()))
+    }
+}
+
+/// Deletes the acknowledged messages of `jobs` with one statement and answers each; on failure
+/// retries each alone.
+async fn commit_ack_group(pool: &sqlx::PgPool, jobs: Vec<AckJob>) {
+    if jobs.len() > 1 {
+        match delete_acked(pool, &jobs).await {
+            Ok(()) => {
+                for job in jobs {
+                    let _ = job.reply.send(Ok(()));
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "acknowledgement group failed; retrying one by one")
+            }
+        }
+    }
+    for job in jobs {
+        let result = delete_acked(pool, std::slice::from_ref(&job)).await;
+        let _ = job.reply.send(result);
+    }
+}
+
+/// `DELETE` of every job's messages at or before its position, as one statement.
+async fn delete_acked(pool: &sqlx::PgPool, jobs: &[AckJob]) -> StoreResult<()> {
+    let users: Vec<&str> = jobs.iter().map(|j| j.user_id.as_str()).collect();
+    let devices: Vec<&str> = jobs.iter().map(|j| j.device_id.as_str()).collect();
+    let positions: Vec<i64> = jobs.iter().map(|j| j.pos).collect();
+    sqlx::query(
+        "DELETE FROM to_device_inbox i \
+         USING UNNEST($1::text[], $2::text[], $3::bigint[]) AS x(u, d, p) \
+         WHERE i.user_id = x.u AND i.device_id = x.d AND i.pos <= x.p",
+    )
+    .bind(users)
+    .bind(devices)
+    .bind(positions)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The error of an acknowledgement whose group commit task went away without answering.
+fn lost_ack() -> super::StoreError {
+    super::StoreError::Database(sqlx::Error::WorkerCrashed)
 }
