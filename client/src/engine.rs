@@ -339,6 +339,8 @@ impl Client {
         let mut out = BTreeMap::new();
         let mut notices = Vec::new();
         let mut tx = self.store.begin().await?;
+        // Nothing is written (and no commit is flushed) when no pin changed.
+        let mut wrote = false;
         for user in users {
             let Some(devices) = all.get(user).and_then(Value::as_object) else {
                 if let Some(failure) = answer
@@ -387,6 +389,7 @@ impl Client {
                                     },
                                 )
                                 .await?;
+                            wrote = true;
                         }
                     }
                     Some(_) => {
@@ -408,6 +411,7 @@ impl Client {
                                 },
                             )
                             .await?;
+                        wrote = true;
                         // Sessions made with the old identity must never be used again.
                         self.store.delete_sessions(&mut tx, user, device_id).await?;
                         self.store.add_notice(&mut tx, user, &text).await?;
@@ -427,6 +431,7 @@ impl Client {
                                 },
                             )
                             .await?;
+                        wrote = true;
                         if had_any && !mine {
                             let text = format!(
                                 "{user} has a new device {device_id} (key {}){}",
@@ -457,13 +462,18 @@ impl Client {
                         },
                     )
                     .await?;
+                wrote = true;
                 let text = format!("{user} removed device {}", pin.device_id);
                 self.store.add_notice(&mut tx, user, &text).await?;
                 notices.push(text);
             }
             out.insert(user.clone(), keys);
         }
-        tx.commit().await.map_err(StoreError::from)?;
+        if wrote || !notices.is_empty() {
+            tx.commit().await.map_err(StoreError::from)?;
+        } else {
+            tx.rollback().await.map_err(StoreError::from)?;
+        }
         Ok((out, notices))
     }
 
