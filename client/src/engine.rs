@@ -1151,10 +1151,12 @@ impl PinCache {
     }
 }
 
-/// Whether sending to the peer device of `record` needs a new session first: there is no
-/// active session, or the active one is stale (docs/protocol.md §7).
-fn needs_session(record: &SessionRecord, now: u64) -> bool {
-    let _ = now;
+/// Whether sending to the peer device of `record` needs a new session (a bundle claim and
+/// X3DH) first. The send path asks only this, both to decide what to claim and whether to
+/// promote the claimed session. Today: there is no active session. `hush-crypto` has no
+/// staleness rule for sessions yet (a session carries no creation time); when it gains one
+/// (`SessionRecord::needs_new_session(now)`), it belongs here, as `|| record.needs_new_session(now)`.
+fn needs_session(record: &SessionRecord, _now: u64) -> bool {
     record.active().is_none()
 }
 
