@@ -3,7 +3,8 @@
 //! per device.
 //!
 //! `hushd` is taken from `HUSHD_BIN` if set; otherwise it is built once per test binary with
-//! `cargo build -p hush-server --bin hushd` and taken from the workspace target directory.
+//! `cargo build -p hush-server --bin hushd` (`--release` for the benchmarks) and taken from
+//! the workspace target directory.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -14,19 +15,26 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The `hushd` binary.
+/// The `hushd` binary: `HUSHD_BIN` if set, else built once in the profile of this harness
+/// (the tests, built with debug assertions, use a debug `hushd`; the benchmarks, built
+/// without, a release one, so that server figures are not those of unoptimised code).
 pub fn hushd_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("HUSHD_BIN") {
             return PathBuf::from(p);
         }
+        let release = !cfg!(debug_assertions);
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .unwrap()
             .to_owned();
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-p", "hush-server", "--bin", "hushd"])
+        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        build.args(["build", "-p", "hush-server", "--bin", "hushd"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build
             .current_dir(&workspace)
             .status()
             .expect("cargo build hushd");
@@ -34,7 +42,11 @@ pub fn hushd_bin() -> PathBuf {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace.join("target"));
-        target.join("debug").join("hushd")
+        let bin = target
+            .join(if release { "release" } else { "debug" })
+            .join("hushd");
+        eprintln!("using {}", bin.display());
+        bin
     })
     .clone()
 }
