@@ -19,7 +19,7 @@
 mod fed_common;
 mod multi_common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -283,6 +283,10 @@ struct Receiver {
     name: String,
     recorded: Arc<Mutex<Recorded>>,
     failing: Arc<AtomicBool>,
+    /// Most *different* transactions in flight at once. The same txnId sent twice at once is
+    /// allowed (ADR 0004: an owner that lost its lock session mid-request and the new owner
+    /// both send the stored in-flight transaction, which the receiver deduplicates); two
+    /// different transactions at once would mean two processes building transactions.
     max_concurrent: Arc<AtomicUsize>,
     _dir: tempfile::TempDir,
 }
@@ -300,13 +304,14 @@ impl Receiver {
         let recorded = Arc::new(Mutex::new(Recorded::default()));
         let failing = Arc::new(AtomicBool::new(false));
         let max_concurrent = Arc::new(AtomicUsize::new(0));
-        let current = Arc::new(AtomicUsize::new(0));
+        let current = Arc::new(Mutex::new(HashMap::new()));
         #[derive(Clone)]
         struct Ctx {
             recorded: Arc<Mutex<Recorded>>,
             failing: Arc<AtomicBool>,
             max_concurrent: Arc<AtomicUsize>,
-            current: Arc<AtomicUsize>,
+            /// Requests in flight per txnId.
+            current: Arc<Mutex<HashMap<String, usize>>>,
         }
         let ctx = Ctx {
             recorded: recorded.clone(),
@@ -319,11 +324,23 @@ impl Receiver {
             Path(txn_id): Path<String>,
             axum::Json(body): axum::Json<Value>,
         ) -> (http::StatusCode, axum::Json<Value>) {
-            let now = ctx.current.fetch_add(1, Ordering::SeqCst) + 1;
-            ctx.max_concurrent.fetch_max(now, Ordering::SeqCst);
+            let distinct = {
+                let mut current = ctx.current.lock().unwrap();
+                *current.entry(txn_id.clone()).or_insert(0) += 1;
+                current.len()
+            };
+            ctx.max_concurrent.fetch_max(distinct, Ordering::SeqCst);
             // Hold the request a little so that two senders would overlap.
             tokio::time::sleep(Duration::from_millis(30)).await;
-            ctx.current.fetch_sub(1, Ordering::SeqCst);
+            {
+                let mut current = ctx.current.lock().unwrap();
+                if let Some(n) = current.get_mut(&txn_id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        current.remove(&txn_id);
+                    }
+                }
+            }
             if ctx.failing.load(Ordering::SeqCst) {
                 ctx.recorded.lock().unwrap().refused += 1;
                 return (
@@ -467,7 +484,7 @@ async fn one_sender_per_destination_and_takeover_after_kill9() {
     assert_eq!(
         receiver.max_concurrent.load(Ordering::SeqCst),
         1,
-        "two processes sent to the destination at the same time"
+        "two processes sent different transactions to the destination at the same time"
     );
     let takers = owners(&cluster, &receiver.name).len()
         + cluster
@@ -529,7 +546,11 @@ async fn one_sender_per_destination_and_takeover_after_kill9() {
     receiver.failing.store(false, Ordering::SeqCst);
     receiver.wait_delivered(40, &cluster).await;
     assert_eq!(receiver.delivered(), (0..40).collect::<Vec<_>>());
-    assert_eq!(receiver.max_concurrent.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        receiver.max_concurrent.load(Ordering::SeqCst),
+        1,
+        "two processes sent different transactions at the same time"
+    );
 
     // Nothing more arrives later (no duplicate transaction from a second sender).
     tokio::time::sleep(Duration::from_millis(300)).await;
