@@ -2,8 +2,10 @@
 //! sends N messages to Bob (on beta); Bob syncs, decrypts and stores them. Every ratchet step
 //! and every plaintext goes through the encrypted client store on disk.
 //!
-//! Run: `cargo bench -p hush-client --bench throughput` (HUSHD_BIN selects the server binary;
-//! HUSH_BENCH_MESSAGES the count, default 2000; HUSH_BENCH_WINDOW the requests in flight).
+//! Run: `cargo bench -p hush-client --bench throughput` (HUSHD_BIN selects the server binary,
+//! else a release `hushd` is built; HUSH_BENCH_MESSAGES the count, default 2000;
+//! HUSH_BENCH_WINDOW the requests in flight). Alice sends in calls of 200 messages to
+//! `Client::send_many`, which packs them into batches (one request per batch).
 //! Prints three figures: concurrent send+receive, send only, and receive (drain) only.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

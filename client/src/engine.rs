@@ -39,6 +39,21 @@ pub const TEXT_EVENT: &str = "hush.message";
 /// While the engine runs, key maintenance with nothing to top up looks at the account at most
 /// this often (signed prekeys rotate every 7 days, so an hour is plenty).
 const MAINTAIN_INTERVAL: Duration = Duration::from_secs(3600);
+/// The inner event type of several text messages in one encrypted payload, sent by
+/// [`Client::send_many`] when it has more than one message for a peer: content
+/// `{"peer", "messages": [{"body", "msg_id", "ts"}, ...]}`, the items in sending order. A
+/// single message goes out as [`TEXT_EVENT`] with content `{"body", "msg_id", "peer", "ts"}`.
+pub const BATCH_EVENT: &str = "hush.messages";
+/// The longest message body, in bytes (well below the crypto crate's plaintext bound).
+pub const MAX_MESSAGE_BYTES: usize = 60_000;
+/// The most bytes of message items (their JSON) one request carries, summed over the target
+/// devices (each device gets its own copy of the batch). A federation transaction may carry
+/// 100 EDUs and a homeserver refuses requests over 1 MiB by default, so one request's
+/// ciphertext must stay near 1/100 of that: 6 KiB of items is about 8.5 KiB of base64
+/// ciphertext, about 35 messages of 100 bytes to one device. A longer message goes alone.
+pub const BATCH_PAYLOAD_BUDGET: usize = 6 * 1024;
+/// The most messages in one batch.
+pub const BATCH_MAX_MESSAGES: usize = 64;
 /// The setting recording that the device keys reached the server.
 const KEYS_PUBLISHED: &str = "keys_published";
 
@@ -324,6 +339,8 @@ impl Client {
         let mut out = BTreeMap::new();
         let mut notices = Vec::new();
         let mut tx = self.store.begin().await?;
+        // Nothing is written (and no commit is flushed) when no pin changed.
+        let mut wrote = false;
         for user in users {
             let Some(devices) = all.get(user).and_then(Value::as_object) else {
                 if let Some(failure) = answer
@@ -372,6 +389,7 @@ impl Client {
                                     },
                                 )
                                 .await?;
+                            wrote = true;
                         }
                     }
                     Some(_) => {
@@ -393,6 +411,7 @@ impl Client {
                                 },
                             )
                             .await?;
+                        wrote = true;
                         // Sessions made with the old identity must never be used again.
                         self.store.delete_sessions(&mut tx, user, device_id).await?;
                         self.store.add_notice(&mut tx, user, &text).await?;
@@ -412,6 +431,7 @@ impl Client {
                                 },
                             )
                             .await?;
+                        wrote = true;
                         if had_any && !mine {
                             let text = format!(
                                 "{user} has a new device {device_id} (key {}){}",
@@ -442,13 +462,18 @@ impl Client {
                         },
                     )
                     .await?;
+                wrote = true;
                 let text = format!("{user} removed device {}", pin.device_id);
                 self.store.add_notice(&mut tx, user, &text).await?;
                 notices.push(text);
             }
             out.insert(user.clone(), keys);
         }
-        tx.commit().await.map_err(StoreError::from)?;
+        if wrote || !notices.is_empty() {
+            tx.commit().await.map_err(StoreError::from)?;
+        } else {
+            tx.rollback().await.map_err(StoreError::from)?;
+        }
         Ok((out, notices))
     }
 
@@ -542,14 +567,16 @@ impl Client {
     // --- sending -----------------------------------------------------------------------
 
     /// Sends everything still queued, oldest first (same transaction IDs as before).
+    /// Returns how many messages those requests carried.
     pub async fn flush_outbox(&self) -> ClientResult<usize> {
         let queued = self.store.outbox().await?;
-        let n = queued.len();
-        for (txn_id, msg_id, messages) in queued {
+        let mut n = 0;
+        for (txn_id, msg_ids, messages) in queued {
             self.api
                 .send_to_device(ENCRYPTED_EVENT, &txn_id, &messages)
                 .await?;
-            self.store.sent(&txn_id, &msg_id).await?;
+            self.store.sent(&txn_id, &msg_ids).await?;
+            n += msg_ids.len();
         }
         Ok(n)
     }
@@ -564,8 +591,10 @@ impl Client {
     }
 
     /// Sends several messages in order: one device-list refresh and one local transaction
-    /// for all of them (every ratchet step is committed before the first request leaves),
-    /// then one request per message with up to `window` requests in flight.
+    /// for all of them (every ratchet step is committed before the first request leaves).
+    /// Consecutive messages are packed into batches (see [`BATCH_EVENT`]): one encryption
+    /// per device and one request (one transaction ID) per batch, with up to `window`
+    /// requests in flight.
     pub async fn send_many(
         &self,
         peer: &str,
@@ -578,10 +607,10 @@ impl Client {
                     "refusing to send an empty message".into(),
                 ));
             }
-            if text.len() > 60_000 {
-                return Err(ClientError::Invalid(
-                    "the message is too long (at most 60000 bytes)".into(),
-                ));
+            if text.len() > MAX_MESSAGE_BYTES {
+                return Err(ClientError::Invalid(format!(
+                    "the message is too long (at most {MAX_MESSAGE_BYTES} bytes)"
+                )));
             }
         }
         self.flush_outbox().await?;
@@ -610,7 +639,8 @@ impl Client {
             .filter(|d| !(d.user_id() == own && d.device_id() == self.login.device_id))
             .cloned()
             .collect();
-        let mut new_sessions = self.new_sessions(&targets, &mut notices).await?;
+        let now = now_secs();
+        let mut new_sessions = self.new_sessions(&targets, now, &mut notices).await?;
 
         let (own_ik, own_curve) = self.own_keys().await?;
         let mut tx = self.store.begin().await?;
@@ -627,11 +657,13 @@ impl Client {
                 .await?;
             let key = (device.user_id().to_owned(), device.device_id().to_owned());
             if let Some(session) = new_sessions.remove(&key) {
-                if record.active().is_none() {
+                // The claim was made because there was no usable session; promote the new
+                // one unless another process made one meanwhile.
+                if needs_session(&record, now) {
                     record.promote(session);
                 }
             }
-            if record.active().is_some() {
+            if record.active().is_some() && !needs_session(&record, now) {
                 records.push((device, record));
             }
         }
@@ -639,16 +671,35 @@ impl Client {
             tx.rollback().await.map_err(StoreError::from)?;
             return Err(ClientError::NoDevices(peer.to_owned()));
         }
-        let mut queued = Vec::with_capacity(texts.len());
-        for text in texts {
-            let msg_id = random_id();
+        let budget = (BATCH_PAYLOAD_BUDGET / records.len()).max(1);
+        let mut queued = Vec::new();
+        let mut reports = Vec::with_capacity(texts.len());
+        let mut rest = texts;
+        while !rest.is_empty() {
+            // The next batch: as many messages as fit the budget (at least one).
+            let mut items = Vec::new();
+            let mut size = 0;
+            let mut msg_ids = Vec::new();
+            for text in rest {
+                let msg_id = random_id();
+                let item = json!({"body": text, "msg_id": msg_id, "ts": now_ms()});
+                let item_size = item.to_string().len();
+                if !items.is_empty()
+                    && (size + item_size > budget || items.len() >= BATCH_MAX_MESSAGES)
+                {
+                    break;
+                }
+                size += item_size;
+                items.push(item);
+                msg_ids.push(msg_id);
+            }
+            rest = &rest[items.len()..];
+            let (event_type, content) = batch_content(peer, &items);
             let txn_id = random_id();
-            let ts = now_ms();
-            let content = json!({"body": text, "msg_id": msg_id, "peer": peer, "ts": ts});
             let mut messages: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
             for (device, record) in records.iter_mut() {
                 let payload = Payload::new(
-                    TEXT_EVENT,
+                    event_type,
                     content.clone(),
                     &me,
                     &Party {
@@ -667,41 +718,35 @@ impl Client {
                     );
             }
             let messages = serde_json::to_value(&messages).map_err(crypto)?;
+            for item in &items {
+                let msg = StoredMessage {
+                    seq: 0,
+                    msg_id: item["msg_id"].as_str().unwrap_or_default().to_owned(),
+                    peer: peer.to_owned(),
+                    outgoing: true,
+                    sender_user: own.clone(),
+                    sender_device: self.login.device_id.clone(),
+                    ts: item["ts"].as_u64().unwrap_or_default(),
+                    state: "pending".into(),
+                    body: item["body"].as_str().unwrap_or_default().to_owned(),
+                };
+                self.store.insert_message(&mut tx, &msg).await?;
+                reports.push(SendReport {
+                    msg_id: msg.msg_id,
+                    devices: records.len(),
+                    notices: Vec::new(),
+                });
+            }
             self.store
-                .insert_message(
-                    &mut tx,
-                    &StoredMessage {
-                        seq: 0,
-                        msg_id: msg_id.clone(),
-                        peer: peer.to_owned(),
-                        outgoing: true,
-                        sender_user: own.clone(),
-                        sender_device: self.login.device_id.clone(),
-                        ts,
-                        state: "pending".into(),
-                        body: text.clone(),
-                    },
-                )
+                .queue(&mut tx, &txn_id, &msg_ids, &messages)
                 .await?;
-            self.store
-                .queue(&mut tx, &txn_id, &msg_id, &messages)
-                .await?;
-            queued.push((txn_id, msg_id, messages));
+            queued.push((txn_id, msg_ids, messages));
         }
         for (_, record) in &records {
             self.store.save_record(&mut tx, record).await?;
         }
         tx.commit().await.map_err(StoreError::from)?;
 
-        let devices = records.len();
-        let mut reports = Vec::with_capacity(queued.len());
-        for (_, msg_id, _) in &queued {
-            reports.push(SendReport {
-                msg_id: msg_id.clone(),
-                devices,
-                notices: Vec::new(),
-            });
-        }
         if let Some(first) = reports.first_mut() {
             first.notices = notices;
         }
@@ -711,8 +756,8 @@ impl Client {
         // lifetimes too specific to be spawned.)
         let requests: Vec<_> = queued
             .iter()
-            .map(|(txn_id, msg_id, messages)| {
-                self.send_queued(txn_id.as_str(), msg_id.as_str(), messages)
+            .map(|(txn_id, msg_ids, messages)| {
+                self.send_queued(txn_id.as_str(), msg_ids.as_slice(), messages)
             })
             .collect();
         let mut answers = futures::stream::iter(requests).buffered(window.max(1));
@@ -738,30 +783,32 @@ impl Client {
     async fn send_queued<'a>(
         &self,
         txn_id: &'a str,
-        msg_id: &'a str,
+        msg_ids: &'a [String],
         messages: &Value,
-    ) -> Result<(&'a str, &'a str), ApiError> {
+    ) -> Result<(&'a str, &'a [String]), ApiError> {
         self.api
             .send_to_device(ENCRYPTED_EVENT, txn_id, messages)
             .await
-            .map(|()| (txn_id, msg_id))
+            .map(|()| (txn_id, msg_ids))
     }
 
-    /// Claims bundles and runs X3DH for the targets without an active session.
+    /// Claims bundles and runs X3DH for the targets without a usable session (none, or a
+    /// stale one: [`needs_session`]).
     async fn new_sessions(
         &self,
         targets: &[DeviceKeys],
+        now: u64,
         notices: &mut Vec<String>,
     ) -> ClientResult<BTreeMap<(String, String), Session>> {
         let mut wanted: Map<String, Value> = Map::new();
         {
             let mut tx = self.store.begin().await?;
             for d in targets {
-                if !self
+                let record = self
                     .store
-                    .has_active_session(&mut tx, d.user_id(), d.device_id())
-                    .await?
-                {
+                    .record(&mut tx, d.user_id(), d.device_id())
+                    .await?;
+                if needs_session(&record, now) {
                     let entry = wanted
                         .entry(d.user_id().to_owned())
                         .or_insert_with(|| Value::Object(Map::new()));
@@ -1011,41 +1058,37 @@ impl Client {
                 acc.remove_one_time_key(id);
                 account_dirty = true;
             }
-            if payload.event_type != TEXT_EVENT {
-                continue;
-            }
-            let c = &payload.content;
-            let body = c.get("body").and_then(Value::as_str).unwrap_or_default();
+            let (named_peer, items) = text_items(&payload.event_type, &payload.content);
             let outgoing = ev.sender == own;
             let peer = if outgoing {
-                c.get("peer")
-                    .and_then(Value::as_str)
-                    .unwrap_or(&own)
-                    .to_owned()
+                named_peer.unwrap_or(&own).to_owned()
             } else {
                 ev.sender.clone()
             };
-            let msg = StoredMessage {
-                seq: 0,
-                msg_id: c
-                    .get("msg_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-                    .unwrap_or_else(random_id),
-                peer,
-                outgoing,
-                sender_user: ev.sender.clone(),
-                sender_device: pin.device_id.clone(),
-                ts: c.get("ts").and_then(Value::as_u64).unwrap_or(0),
-                state: if outgoing {
-                    "sent".into()
-                } else {
-                    "received".into()
-                },
-                body: body.to_owned(),
-            };
-            if let Some(seq) = self.store.insert_message(&mut tx, &msg).await? {
-                messages.push(StoredMessage { seq, ..msg });
+            for c in items {
+                let body = c.get("body").and_then(Value::as_str).unwrap_or_default();
+                let msg = StoredMessage {
+                    seq: 0,
+                    msg_id: c
+                        .get("msg_id")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                        .unwrap_or_else(random_id),
+                    peer: peer.clone(),
+                    outgoing,
+                    sender_user: ev.sender.clone(),
+                    sender_device: pin.device_id.clone(),
+                    ts: c.get("ts").and_then(Value::as_u64).unwrap_or(0),
+                    state: if outgoing {
+                        "sent".into()
+                    } else {
+                        "received".into()
+                    },
+                    body: body.to_owned(),
+                };
+                if let Some(seq) = self.store.insert_message(&mut tx, &msg).await? {
+                    messages.push(StoredMessage { seq, ..msg });
+                }
             }
         }
         for (record, dirty) in records.values() {
@@ -1105,6 +1148,49 @@ impl PinCache {
                 .find(|(_, c)| c.as_ref() == Some(curve))
                 .map(|(p, _)| p.clone())
         }))
+    }
+}
+
+/// Whether sending to the peer device of `record` needs a new session (a bundle claim and
+/// X3DH) first. The send path asks only this, both to decide what to claim and whether to
+/// promote the claimed session. Today: there is no active session. `hush-crypto` has no
+/// staleness rule for sessions yet (a session carries no creation time); when it gains one
+/// (`SessionRecord::needs_new_session(now)`), it belongs here, as `|| record.needs_new_session(now)`.
+fn needs_session(record: &SessionRecord, _now: u64) -> bool {
+    record.active().is_none()
+}
+
+/// The inner event type and content of a batch of message items (`{"body", "msg_id",
+/// "ts"}`) for `peer`: a single item as [`TEXT_EVENT`], several as [`BATCH_EVENT`].
+fn batch_content(peer: &str, items: &[Value]) -> (&'static str, Value) {
+    match items {
+        [one] => {
+            let mut content = one.clone();
+            if let Some(map) = content.as_object_mut() {
+                map.insert("peer".into(), json!(peer));
+            }
+            (TEXT_EVENT, content)
+        }
+        _ => (BATCH_EVENT, json!({"peer": peer, "messages": items})),
+    }
+}
+
+/// The text messages of a decrypted payload, as `(peer, items)`: one item for
+/// [`TEXT_EVENT`], the list of a [`BATCH_EVENT`], nothing for other types. `peer` is the
+/// conversation named by the sender (used only for our own devices' copies).
+fn text_items<'a>(event_type: &str, content: &'a Value) -> (Option<&'a str>, Vec<&'a Value>) {
+    let peer = content.get("peer").and_then(Value::as_str);
+    match event_type {
+        TEXT_EVENT => (peer, vec![content]),
+        BATCH_EVENT => (
+            peer,
+            content
+                .get("messages")
+                .and_then(Value::as_array)
+                .map(|list| list.iter().take(BATCH_MAX_MESSAGES).collect())
+                .unwrap_or_default(),
+        ),
+        _ => (peer, Vec::new()),
     }
 }
 

@@ -160,10 +160,13 @@ struct SealedNotice {
     text: String,
 }
 
-/// A sealed outbox entry.
+/// A sealed outbox entry: one request carrying the messages `msg_id` and `more` (a batch;
+/// entries written before batching have no `more`).
 #[derive(Serialize, Deserialize)]
 struct SealedSend {
     msg_id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    more: Vec<String>,
     messages: serde_json::Value,
 }
 
@@ -499,7 +502,8 @@ impl Store {
             let messages = serde_json::from_str(&text)
                 .map_err(|e| StoreError::Corrupt(format!("outbox entry: {e}")))?;
             let (txn_id, msg_id): (String, String) = (r.get(0), r.get(1));
-            self.queue(&mut tx, &txn_id, &msg_id, &messages).await?;
+            self.queue(&mut tx, &txn_id, std::slice::from_ref(&msg_id), &messages)
+                .await?;
         }
         let rows = sqlx::query("SELECT digest FROM legacy_seen ORDER BY ts")
             .fetch_all(&mut *tx)
@@ -1027,16 +1031,21 @@ impl Store {
 
     // --- outbox and dedupe -------------------------------------------------------------
 
-    /// Queues encrypted messages for sending (sealed: the request names users and devices).
+    /// Queues one encrypted request carrying the messages `msg_ids` (at least one) for
+    /// sending (sealed: the request names users and devices).
     pub async fn queue(
         &self,
         conn: &mut SqliteConnection,
         txn_id: &str,
-        msg_id: &str,
+        msg_ids: &[String],
         messages: &serde_json::Value,
     ) -> StoreResult<()> {
+        let (first, more) = msg_ids
+            .split_first()
+            .ok_or_else(|| StoreError::Corrupt("an outbox entry without a message".into()))?;
         let entry = SealedSend {
-            msg_id: msg_id.to_owned(),
+            msg_id: first.clone(),
+            more: more.to_vec(),
             messages: messages.clone(),
         };
         let blob = self.seal_json("outbox", txn_id.as_bytes(), &entry)?;
@@ -1048,8 +1057,8 @@ impl Store {
         Ok(())
     }
 
-    /// The queued sends, oldest first: `(txn_id, msg_id, messages)`.
-    pub async fn outbox(&self) -> StoreResult<Vec<(String, String, serde_json::Value)>> {
+    /// The queued sends, oldest first: `(txn_id, msg_ids, messages)`.
+    pub async fn outbox(&self) -> StoreResult<Vec<(String, Vec<String>, serde_json::Value)>> {
         let rows = sqlx::query("SELECT txn_id, blob FROM outbox ORDER BY seq")
             .fetch_all(&self.pool)
             .await?;
@@ -1058,28 +1067,33 @@ impl Store {
                 let txn_id: String = r.get(0);
                 let blob: Vec<u8> = r.get(1);
                 let entry: SealedSend = self.open_json("outbox", txn_id.as_bytes(), &blob)?;
-                Ok((txn_id, entry.msg_id, entry.messages))
+                let mut ids = Vec::with_capacity(1 + entry.more.len());
+                ids.push(entry.msg_id);
+                ids.extend(entry.more);
+                Ok((txn_id, ids, entry.messages))
             })
             .collect()
     }
 
-    /// Removes a sent entry and marks its message sent.
-    pub async fn sent(&self, txn_id: &str, msg_id: &str) -> StoreResult<()> {
-        self.sent_many(&[(txn_id, msg_id)]).await
+    /// Removes a sent entry and marks its messages sent.
+    pub async fn sent(&self, txn_id: &str, msg_ids: &[String]) -> StoreResult<()> {
+        self.sent_many(&[(txn_id, msg_ids)]).await
     }
 
     /// Removes several sent entries and marks their messages sent, in one transaction.
-    pub async fn sent_many(&self, done: &[(&str, &str)]) -> StoreResult<()> {
+    pub async fn sent_many(&self, done: &[(&str, &[String])]) -> StoreResult<()> {
         if done.is_empty() {
             return Ok(());
         }
         let mut tx = self.begin().await?;
-        for (txn_id, msg_id) in done {
+        for (txn_id, msg_ids) in done {
             sqlx::query("DELETE FROM outbox WHERE txn_id = ?")
                 .bind(txn_id)
                 .execute(&mut *tx)
                 .await?;
-            self.set_message_state(&mut tx, msg_id, "sent").await?;
+            for msg_id in *msg_ids {
+                self.set_message_state(&mut tx, msg_id, "sent").await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -1276,7 +1290,7 @@ mod tests {
         assert_eq!(history[0].ts, 1234);
         let outbox = store.outbox().await.unwrap();
         assert_eq!(outbox.len(), 1);
-        assert_eq!(outbox[0].1, "m2");
+        assert_eq!(outbox[0].1, vec!["m2".to_owned()]);
         assert_eq!(outbox[0].2["@bob:beta.example"]["BOBDEV"]["x"], 1);
         let notices = store.notices_after(0).await.unwrap();
         assert_eq!(

@@ -7,24 +7,11 @@
 #[path = "../fuzz/src/lib.rs"]
 mod checks;
 
-use std::path::PathBuf;
-
 use proptest::prelude::*;
 
 /// The committed inputs of one target (`federation/fuzz/corpus/<target>/*`).
 fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .map(|path| std::fs::read(path).unwrap())
-        .collect()
+    hush_testkit::fuzz::corpus(env!("CARGO_MANIFEST_DIR"), target)
 }
 
 fn target(name: &str) -> checks::Target {
@@ -46,45 +33,9 @@ fn every_committed_corpus_file_replays_cleanly() {
     }
 }
 
-/// A seed of `target` with random byte edits, insertions and truncation.
-fn mutated_seed(target: &'static str) -> impl Strategy<Value = Vec<u8>> {
-    let seeds = corpus(target);
-    (
-        prop::sample::select(seeds),
-        prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 0..8),
-        any::<prop::sample::Index>(),
-        any::<bool>(),
-    )
-        .prop_map(|(mut seed, edits, cut, truncate)| {
-            for (at, byte, kind) in edits {
-                if seed.is_empty() {
-                    seed.push(byte);
-                    continue;
-                }
-                let at = at.index(seed.len());
-                match kind {
-                    0 => seed[at] = byte,
-                    1 => seed.insert(at, byte),
-                    _ => {
-                        seed.remove(at);
-                    }
-                }
-            }
-            if truncate && !seed.is_empty() {
-                seed.truncate(cut.index(seed.len()));
-            }
-            seed
-        })
-}
-
-/// Arbitrary bytes, arbitrary text, or a mutated seed of `target`.
+/// Arbitrary bytes, arbitrary text, or a mutated seed of `target`'s corpus.
 fn input(target: &'static str) -> impl Strategy<Value = Vec<u8>> {
-    prop_oneof![
-        prop::collection::vec(any::<u8>(), 0..256),
-        any::<String>().prop_map(String::into_bytes),
-        mutated_seed(target),
-        mutated_seed(target),
-    ]
+    hush_testkit::fuzz::input(corpus(target))
 }
 
 proptest! {

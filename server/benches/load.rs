@@ -34,6 +34,11 @@
 //!    message (clamped at zero: the sync answer can overtake the send's 200).
 //! 4. Peak RSS (`VmHWM`) of every `hushd` process.
 //!
+//! It also prints the CPU time per message of the throughput phase (user + system, from
+//! `/proc/PID/stat`) of every `hushd` and, on PostgreSQL, of the database backends serving the
+//! bench's database, with the transactions committed per message: on a shared machine these
+//! compare runs better than wall-clock rates.
+//!
 //! The bench client shares the machine with the servers (and, on a shared machine, with anything
 //! else running): the figures are lower bounds. The load average is printed with them.
 
@@ -64,6 +69,8 @@ const SYNC_TIMEOUT_MS: u64 = 30_000;
 const SYNC_CLIENTS: usize = 4;
 /// Concurrent account creations through the store.
 const CREATE_CONCURRENCY: usize = 16;
+/// Clock ticks per second of the CPU times in `/proc/PID/stat` (`USER_HZ`, 100 on Linux).
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
 /// Size of one run.
 #[derive(Clone, Copy)]
@@ -98,6 +105,59 @@ struct Figures {
     parked_rss: f64,
     loadavg_before: String,
     loadavg_after: String,
+    /// CPU time (user + system) per message sent in the throughput phase, per `hushd` (ms).
+    hushd_cpu_ms: Vec<f64>,
+    /// CPU time of the PostgreSQL backends serving this database per message (ms), if any.
+    pg_cpu_ms: Option<f64>,
+    /// PostgreSQL transactions committed per message in the throughput phase, if any.
+    pg_commits: Option<f64>,
+}
+
+/// CPU seconds (user + system) used so far by process `pid` (0 if it is gone).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces):
+    // state is the first, utime the 12th and stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / CLOCK_TICKS_PER_SEC
+}
+
+/// What PostgreSQL has done for one database: CPU seconds of its current backends (by pid)
+/// and transactions committed.
+struct PgUsage {
+    cpu: std::collections::HashMap<u32, f64>,
+    commits: i64,
+}
+
+/// Reads [`PgUsage`] of the database at `url` (the backends are on this machine).
+async fn pg_usage(url: &str) -> TestResult<PgUsage> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    let commits: i64 = sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    conn.close().await?;
+    let cpu = pids
+        .into_iter()
+        .filter_map(|p| u32::try_from(p).ok())
+        .map(|p| (p, cpu_secs(p)))
+        .collect();
+    Ok(PgUsage { cpu, commits })
 }
 
 /// Milliseconds in an `Instant` difference, as `f64`.
@@ -322,6 +382,11 @@ async fn run_config(
     let sent_at: Arc<Vec<AtomicU64>> =
         Arc::new((0..sizes.messages).map(|_| AtomicU64::new(0)).collect());
     let next = Arc::new(AtomicUsize::new(0));
+    let hushd_cpu_before: Vec<f64> = servers.iter().map(|s| cpu_secs(s.pid())).collect();
+    let pg_before = match backend {
+        "postgres" => Some(pg_usage(&db).await?),
+        _ => None,
+    };
     let start = Instant::now();
     let mut send_tasks = tokio::task::JoinSet::new();
     for _ in 0..sizes.senders {
@@ -371,6 +436,29 @@ async fn run_config(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let delivered = receipts.delivered.load(Ordering::Relaxed);
+    // CPU per message of the throughput phase (sends and their deliveries).
+    let per_message = |secs: f64| secs * 1000.0 / sizes.messages.max(1) as f64;
+    let hushd_cpu_ms: Vec<f64> = servers
+        .iter()
+        .zip(&hushd_cpu_before)
+        .map(|(s, before)| per_message(cpu_secs(s.pid()) - before))
+        .collect();
+    let (pg_cpu_ms, pg_commits) = match &pg_before {
+        Some(before) => {
+            let after = pg_usage(&db).await?;
+            // Backends that started during the phase count from zero.
+            let cpu: f64 = after
+                .cpu
+                .iter()
+                .map(|(pid, now)| now - before.cpu.get(pid).copied().unwrap_or(0.0))
+                .sum();
+            (
+                Some(per_message(cpu)),
+                Some((after.commits - before.commits) as f64 / sizes.messages.max(1) as f64),
+            )
+        }
+        None => (None, None),
+    };
     let mut under_load: Vec<Duration> = (0..sizes.messages)
         .filter_map(|k| {
             let sent = sent_at[k].load(Ordering::Acquire);
@@ -455,6 +543,9 @@ async fn run_config(
         parked_rss,
         loadavg_before,
         loadavg_after,
+        hushd_cpu_ms,
+        pg_cpu_ms,
+        pg_commits,
     })
 }
 
@@ -593,6 +684,19 @@ fn print_figures(f: &Figures, sizes: &Sizes) {
     );
     for (i, m) in f.peak_rss.iter().enumerate() {
         println!("  hushd #{i} peak RSS (VmHWM): {m:.1} MB");
+    }
+    let cpu = f
+        .hushd_cpu_ms
+        .iter()
+        .map(|m| format!("{m:.2}"))
+        .collect::<Vec<_>>()
+        .join(" / ");
+    println!("  CPU per message in the throughput phase: hushd {cpu} ms");
+    if let (Some(pg), Some(commits)) = (f.pg_cpu_ms, f.pg_commits) {
+        println!(
+            "  PostgreSQL backends of this database: {pg:.2} ms CPU and {commits:.2} commits \
+             per message"
+        );
     }
     println!(
         "  load average before: {}, after: {}",

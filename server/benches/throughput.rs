@@ -17,7 +17,7 @@ mod ops_support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench_support::{env_usize, memory_mb, percentile, phase_done, Account, Bench};
+use bench_support::{env_usize, memory_mb, percentile, phase_done, Account, Bench, Conn, CpuMeter};
 use ops_support::{database, env_refs, server_env, Server, TestResult};
 use serde_json::{json, Value};
 
@@ -30,6 +30,30 @@ struct Row {
     value: f64,
     unit: &'static str,
     goal: &'static str,
+}
+
+/// Adds the CPU cost per item of the phase `meter` measured: hushd's, then the bench client's
+/// (both share the machine, so the client's cost bounds what a wall-clock figure can show).
+fn cpu_rows(
+    rows: &mut Vec<Row>,
+    meter: &CpuMeter,
+    items: usize,
+    server: &'static str,
+    client: &'static str,
+) {
+    let (server_us, client_us) = meter.per_item_us(items);
+    rows.push(Row {
+        metric: server,
+        value: server_us,
+        unit: "us CPU",
+        goal: "",
+    });
+    rows.push(Row {
+        metric: client,
+        value: client_us,
+        unit: "us CPU",
+        goal: "",
+    });
 }
 
 /// Sends `n` messages to `to`'s device from `senders` accounts concurrently; messages/s.
@@ -54,17 +78,19 @@ async fn send_phase(
             per
         };
         tasks.spawn(async move {
+            // One connection per sender, as a real client keeps one.
+            let mut conn = Conn::open(&bench.base).await?;
+            let pad = "x".repeat(64);
             for i in 0..count {
                 let txn = format!("{tag}-{s}-{i}");
-                bench
-                    .send(
-                        &sender,
-                        &txn,
-                        &to.user_id,
-                        &to.device_id,
-                        json!({"i": i, "pad": "x".repeat(64)}),
-                    )
-                    .await?;
+                conn.send(
+                    &sender,
+                    &txn,
+                    &to.user_id,
+                    &to.device_id,
+                    &json!({"i": i, "pad": pad}),
+                )
+                .await?;
             }
             TestResult::Ok(())
         });
@@ -108,6 +134,7 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
 
     // 1. Sends, one sender then sixteen.
     phase_done(server.pid(), "registered 17 accounts");
+    let meter = CpuMeter::start(server.pid());
     let one = send_phase(&bench, &senders[..1], &receiver, n, "one").await?;
     rows.push(Row {
         metric: "sends/s, 1 sender",
@@ -115,7 +142,15 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
         unit: "msg/s",
         goal: ">= 3000",
     });
+    cpu_rows(
+        &mut rows,
+        &meter,
+        n,
+        "  hushd CPU per send",
+        "  bench CPU per send",
+    );
     phase_done(server.pid(), "sends, 1 sender");
+    let meter = CpuMeter::start(server.pid());
     let many = send_phase(&bench, &senders, &receiver, n, "many").await?;
     rows.push(Row {
         metric: "sends/s, 16 senders",
@@ -123,9 +158,17 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
         unit: "msg/s",
         goal: ">= 10000",
     });
+    cpu_rows(
+        &mut rows,
+        &meter,
+        n,
+        "  hushd CPU per send",
+        "  bench CPU per send",
+    );
     phase_done(server.pid(), "sends, 16 senders");
 
     // 2. Drain the 2n queued messages through /sync.
+    let meter = CpuMeter::start(server.pid());
     let start = Instant::now();
     let mut since: Option<String> = None;
     let mut drained = 0;
@@ -147,6 +190,13 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
         unit: "msg/s",
         goal: "",
     });
+    cpu_rows(
+        &mut rows,
+        &meter,
+        drained,
+        "  hushd CPU per message",
+        "  bench CPU per message",
+    );
     phase_done(server.pid(), "sync drain");
 
     // 3. Live: the receiver long-polls while 16 senders send n messages.
@@ -164,6 +214,7 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
             TestResult::Ok((Instant::now(), since))
         })
     };
+    let meter = CpuMeter::start(server.pid());
     let start = Instant::now();
     send_phase(&bench, &senders, &receiver, n, "live").await?;
     let (done, after_live) = receive.await??;
@@ -174,6 +225,13 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
         unit: "msg/s",
         goal: ">= 5000",
     });
+    cpu_rows(
+        &mut rows,
+        &meter,
+        n,
+        "  hushd CPU per message",
+        "  bench CPU per message",
+    );
     phase_done(server.pid(), "live");
 
     // 4. Wake-up latency of an idle long-poll.
@@ -249,6 +307,7 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
     for i in 0..CLAIMERS {
         claimers.push(bench.register(&format!("claimer{i}")).await?);
     }
+    let meter = CpuMeter::start(server.pid());
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for claimer in claimers {
@@ -293,6 +352,13 @@ async fn run_backend(backend: &str, n: usize, rss_messages: usize) -> TestResult
         unit: "claims/s",
         goal: ">= 5000",
     });
+    cpu_rows(
+        &mut rows,
+        &meter,
+        total,
+        "  hushd CPU per claim",
+        "  bench CPU per claim",
+    );
     phase_done(server.pid(), "claims");
 
     // 6. Peak RSS with rss_messages queued: 100 devices of one user, '*' fan-out.

@@ -23,6 +23,37 @@ pub struct ApiError {
     extra: Map<String, Value>,
     /// When set, the body is exactly `extra` (a UIA challenge without an error).
     bare: bool,
+    /// `Retry-After` header (whole seconds) for errors without `retry_after_ms` in the body.
+    retry_after_secs: Option<u64>,
+}
+
+/// `Retry-After` of a 503 answered because the database is unreachable (seconds).
+pub const DATABASE_UNAVAILABLE_RETRY_SECS: u64 = 1;
+
+/// Whether a store error means that the database cannot be reached right now (down,
+/// restarting, connection lost, no pooled connection free in time) or refused a transaction
+/// that a retry can complete (serialisation failure, deadlock), rather than a bug. Nothing
+/// was committed by the failed call, so the client may retry it as it is.
+pub fn store_unavailable(err: &StoreError) -> bool {
+    match err {
+        StoreError::Database(e) => match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                // 08: connection exception; 57P01-57P03: administrator or crash shutdown,
+                // cannot connect now; 53300: too many connections; 40001 / 40P01:
+                // serialisation failure / deadlock.
+                code.starts_with("08")
+                    || code.starts_with("57P")
+                    || matches!(code.as_ref(), "53300" | "40001" | "40P01")
+            }),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// Result alias for handlers.
@@ -37,6 +68,7 @@ impl ApiError {
             message: message.into(),
             extra: Map::new(),
             bare: false,
+            retry_after_secs: None,
         }
     }
 
@@ -49,6 +81,7 @@ impl ApiError {
             message: String::new(),
             extra: body,
             bare: true,
+            retry_after_secs: None,
         }
     }
 
@@ -188,6 +221,20 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", message)
     }
 
+    /// 503 `M_UNKNOWN` with `Retry-After`: the database is unreachable or restarting, nothing
+    /// was committed, retry the same request. The detail is logged here and never sent to the
+    /// client.
+    pub fn database_unavailable(detail: impl std::fmt::Display) -> ApiError {
+        tracing::warn!(error = %detail, "database unavailable; answering 503");
+        let mut err = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "M_UNKNOWN",
+            "The server's database is temporarily unavailable; retry the request",
+        );
+        err.retry_after_secs = Some(DATABASE_UNAVAILABLE_RETRY_SECS);
+        err
+    }
+
     /// 500 `M_UNKNOWN`. The detail is logged here and never sent to the client.
     pub fn internal(detail: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %detail, "internal error");
@@ -202,6 +249,9 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         match err {
+            StoreError::Database(_) if store_unavailable(&err) => {
+                ApiError::database_unavailable(err)
+            }
             StoreError::Database(_) | StoreError::Migrate(_) => ApiError::internal(err),
             StoreError::Limit(what) => ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -217,15 +267,19 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let retry_after_ms = self.extra.get("retry_after_ms").and_then(Value::as_u64);
+        let retry_after_secs = self
+            .extra
+            .get("retry_after_ms")
+            .and_then(Value::as_u64)
+            .map(|ms| ms.div_ceil(1000).max(1))
+            .or(self.retry_after_secs);
         let mut body = self.extra;
         if !self.bare {
             body.insert("errcode".to_owned(), Value::from(self.errcode));
             body.insert("error".to_owned(), Value::from(self.message));
         }
         let mut response = (self.status, axum::Json(Value::Object(body))).into_response();
-        if let Some(ms) = retry_after_ms {
-            let secs = ms.div_ceil(1000).max(1);
+        if let Some(secs) = retry_after_secs {
             if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
@@ -301,6 +355,27 @@ mod tests {
         assert_eq!(body["retry_after_ms"], 1500);
         assert!(body["error"].is_string());
         assert_eq!(retry.as_deref(), Some("2"));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_a_retryable_503() {
+        for err in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        ] {
+            let (status, body, retry) = body_json(ApiError::from(StoreError::Database(err))).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(body["errcode"], "M_UNKNOWN");
+            assert!(body["error"].is_string());
+            assert_eq!(retry.as_deref(), Some("1"));
+        }
+        // A query bug stays a 500 without Retry-After.
+        let (status, _, retry) = body_json(ApiError::from(StoreError::Database(
+            sqlx::Error::RowNotFound,
+        )))
+        .await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(retry, None);
     }
 
     #[tokio::test]

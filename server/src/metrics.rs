@@ -35,7 +35,9 @@ pub type Gauge = Box<dyn Fn() -> usize + Send + Sync>;
 /// All metrics of one process.
 pub struct Metrics {
     start_secs: f64,
-    routes: Mutex<BTreeMap<(String, String), RouteStats>>,
+    /// Route template -> method -> stats (nested so that recording a request allocates
+    /// nothing once its route and method have been seen).
+    routes: Mutex<BTreeMap<String, BTreeMap<String, RouteStats>>>,
     rate_limited: [AtomicU64; 4],
     mailbox_depth: AtomicI64,
     mailbox_refreshed_ms: AtomicI64,
@@ -79,8 +81,14 @@ impl Metrics {
             Ok(r) => r,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let key = (route.to_owned(), method.to_owned());
-        let stats = routes.entry(key).or_default();
+        let by_method = match routes.get_mut(route) {
+            Some(by_method) => by_method,
+            None => routes.entry(route.to_owned()).or_default(),
+        };
+        let stats = match by_method.get_mut(method) {
+            Some(stats) => stats,
+            None => by_method.entry(method.to_owned()).or_default(),
+        };
         *stats.by_status.entry(status).or_insert(0) += 1;
         stats.count += 1;
         stats.sum_secs += secs;
@@ -128,7 +136,12 @@ impl Metrics {
             "counter",
             "HTTP requests answered, by route template, method and status.",
         );
-        for ((route, method), stats) in routes.iter() {
+        let flat = || {
+            routes
+                .iter()
+                .flat_map(|(route, m)| m.iter().map(move |(method, stats)| (route, method, stats)))
+        };
+        for (route, method, stats) in flat() {
             for (status, n) in &stats.by_status {
                 let _ = writeln!(
                     out,
@@ -144,7 +157,7 @@ impl Metrics {
             "histogram",
             "Time from request received to response headers, by route template and method.",
         );
-        for ((route, method), stats) in routes.iter() {
+        for (route, method, stats) in flat() {
             let labels = format!("route=\"{}\",method=\"{}\"", escape(route), escape(method));
             let mut cumulative = 0;
             for (le, n) in LATENCY_BUCKETS.iter().zip(stats.buckets.iter()) {

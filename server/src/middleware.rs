@@ -100,9 +100,24 @@ async fn request_user(ops: &Ops, parts: &http::request::Parts, now: Instant) -> 
     Some(user)
 }
 
-/// The route template a response was produced for (set by [`route_stage`]).
+/// The route template a response was produced for (set by [`route_stage`]). Holds axum's
+/// shared template string (or a constant), so labelling a response allocates nothing.
 #[derive(Debug, Clone)]
-struct RouteLabel(String);
+enum RouteLabel {
+    /// The template of the route that matched.
+    Matched(MatchedPath),
+    /// A fixed label ([`UNMATCHED`], CORS preflight).
+    Fixed(&'static str),
+}
+
+impl RouteLabel {
+    fn as_str(&self) -> &str {
+        match self {
+            RouteLabel::Matched(path) => path.as_str(),
+            RouteLabel::Fixed(label) => label,
+        }
+    }
+}
 
 /// Wraps `router` (all routes already added) in the operations middleware.
 pub fn wrap(router: Router, ops: Arc<Ops>) -> Router {
@@ -122,7 +137,7 @@ async fn observe(State(ops): State<Arc<Ops>>, req: Request, next: Next) -> Respo
     let route = response
         .extensions()
         .get::<RouteLabel>()
-        .map(|r| r.0.as_str())
+        .map(RouteLabel::as_str)
         .unwrap_or(UNMATCHED);
     let status = response.status().as_u16();
     ops.metrics.observe_request(route, method, status, elapsed);
@@ -155,7 +170,7 @@ async fn cors(req: Request, next: Next) -> Response {
     let mut response = if req.method() == Method::OPTIONS {
         let mut r = json_response(StatusCode::OK, serde_json::json!({}));
         r.extensions_mut()
-            .insert(RouteLabel("OPTIONS (CORS)".to_owned()));
+            .insert(RouteLabel::Fixed("OPTIONS (CORS)"));
         r
     } else {
         next.run(req).await
@@ -181,17 +196,17 @@ async fn route_stage(State(ops): State<Arc<Ops>>, req: Request, next: Next) -> R
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| UNMATCHED.to_owned());
-    let req = match limit(&ops, &route, req).await {
+        .cloned()
+        .map_or(RouteLabel::Fixed(UNMATCHED), RouteLabel::Matched);
+    let req = match limit(&ops, route.as_str(), req).await {
         Ok(req) => req,
         Err(mut response) => {
-            response.extensions_mut().insert(RouteLabel(route));
+            response.extensions_mut().insert(route);
             return response;
         }
     };
     let mut response = next.run(req).await;
-    response.extensions_mut().insert(RouteLabel(route));
+    response.extensions_mut().insert(route);
     response
 }
 

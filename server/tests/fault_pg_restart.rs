@@ -4,7 +4,7 @@
 //! test stops for `HUSH_FAULT_PG_DOWN_SECS` (default 5) while two devices on A send to carol
 //! (on A) and bob (on B, SQLite) and dave on B sends to carol; carol and bob keep syncing.
 //! While the database is down, clients of A get only retryable failures: a Matrix-shaped 5xx
-//! (`M_UNKNOWN`) or no answer, never a 200 for a message that was not stored (a false 200 would
+//! (`M_UNKNOWN`; at least one `503`, the answer for an unreachable database) or no answer, never a 200 for a message that was not stored (a false 200 would
 //! show up as a missing message). After PostgreSQL is back, hushd recovers without a restart,
 //! every acknowledged message is delivered exactly once in order per sender device, and both
 //! outbound queues drain.
@@ -105,13 +105,26 @@ async fn postgres_restart_during_load() {
     let acked: usize = reports.iter().map(|(_, r)| r.acked.len()).sum();
     eprintln!(
         "acknowledged {acked}; while PostgreSQL was down A's clients saw {server_errors} \
-         server errors and {} transport failures; example: {:?}",
+         server errors ({} of them 503) and {} transport failures; example: {:?}",
+        seen_by_a
+            .iter()
+            .filter(|f| matches!(f, Failure::Http(503, _)))
+            .count(),
         seen_by_a.len() - server_errors,
         seen_by_a.iter().find(|f| matches!(f, Failure::Http(..)))
     );
     assert!(
         server_errors > 0,
         "no client saw the outage as a server error: {seen_by_a:?}"
+    );
+    // An unreachable database is answered with the retryable 503 (`Retry-After`), not a 500.
+    let unavailable = seen_by_a
+        .iter()
+        .filter(|f| matches!(f, Failure::Http(503, body) if body["errcode"] == "M_UNKNOWN"))
+        .count();
+    assert!(
+        unavailable > 0,
+        "no 503 M_UNKNOWN while the database was down: {seen_by_a:?}"
     );
     drop(pg);
 }

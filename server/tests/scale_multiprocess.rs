@@ -4,6 +4,8 @@
 //! * a long-polling `/sync` on one process wakes for a send, a key claim and a device-list
 //!   change handled by another, and after its listening connection was cut;
 //! * the same txnId sent to two processes is delivered once;
+//! * a token revoked through one process is refused by another at once (not after its token
+//!   cache expires);
 //! * a federation destination shared by three processes is sent by one at a time (a recording
 //!   receiver sees at most one request at once and every EDU exactly once, in order), and when
 //!   the sending process is killed with SIGKILL another takes over and drains the queue; an
@@ -17,7 +19,7 @@
 mod fed_common;
 mod multi_common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -181,6 +183,73 @@ async fn sync_wakes_across_processes_and_txn_ids_hold_across_processes() {
     assert_eq!(events(&answer)[0]["content"]["seq"], 3);
 }
 
+/// A token revoked through one process is refused by another process that remembered it,
+/// without waiting for its token cache to expire: the revocation reaches the other process as a
+/// notification on the wake-up channel, ahead of anything committed after it. The test orders
+/// events through that channel instead of timing them: a message sent through p0 after the
+/// logout wakes a sync on p1 only after p1 processed every earlier notification, including the
+/// revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_through_one_process_is_refused_by_the_others() {
+    let ca = TestCa::new();
+    let cluster = Cluster::start(&ca, 2).await;
+    let [p0, p1] = [&cluster.procs[0], &cluster.procs[1]];
+    let alice = p0.register("alice").await;
+    let bob = p1.register("bob").await;
+    let carol = p0.register("carol").await;
+    // p1 resolves (and remembers) alice's token.
+    let (status, body) = p1
+        .request(
+            Some(&alice),
+            reqwest::Method::GET,
+            "/_matrix/client/v3/account/whoami",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // alice logs out through p0.
+    let (status, body) = p0
+        .request(
+            Some(&alice),
+            reqwest::Method::POST,
+            "/_matrix/client/v3/logout",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // A message sent through p0 after the logout wakes bob's sync on p1: p1 has handled every
+    // notification committed before it.
+    let since = next_batch(&p1.sync(&bob, None, 0).await);
+    let waiter = long_poll(&cluster, 1, &bob, &since);
+    p1.wait_for_waiting_syncs(1).await;
+    p0.send_to_device(
+        &carol,
+        "after-logout",
+        json!({ bob.user_id.clone(): { bob.device_id.clone(): {"seq": 1} } }),
+    )
+    .await;
+    let (answer, took) = waiter.await.unwrap();
+    assert_eq!(events(&answer).len(), 1, "{answer}");
+    assert!(took < WOKEN_BEFORE, "the send on p0 did not wake p1");
+
+    // So p1 refuses the revoked token now.
+    let (status, body) = p1
+        .request(
+            Some(&alice),
+            reqwest::Method::GET,
+            "/_matrix/client/v3/account/whoami",
+            None,
+        )
+        .await;
+    assert_eq!(
+        status, 401,
+        "revoked token accepted by another process: {body}"
+    );
+    assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN", "{body}");
+}
+
 /// Terminates the database sessions of `database_url` whose current query matches `pattern`
 /// (SQL `LIKE`); returns how many.
 async fn terminate_backends(database_url: &str, pattern: &str) -> i64 {
@@ -214,6 +283,10 @@ struct Receiver {
     name: String,
     recorded: Arc<Mutex<Recorded>>,
     failing: Arc<AtomicBool>,
+    /// Most *different* transactions in flight at once. The same txnId sent twice at once is
+    /// allowed (ADR 0004: an owner that lost its lock session mid-request and the new owner
+    /// both send the stored in-flight transaction, which the receiver deduplicates); two
+    /// different transactions at once would mean two processes building transactions.
     max_concurrent: Arc<AtomicUsize>,
     _dir: tempfile::TempDir,
 }
@@ -231,13 +304,14 @@ impl Receiver {
         let recorded = Arc::new(Mutex::new(Recorded::default()));
         let failing = Arc::new(AtomicBool::new(false));
         let max_concurrent = Arc::new(AtomicUsize::new(0));
-        let current = Arc::new(AtomicUsize::new(0));
+        let current = Arc::new(Mutex::new(HashMap::new()));
         #[derive(Clone)]
         struct Ctx {
             recorded: Arc<Mutex<Recorded>>,
             failing: Arc<AtomicBool>,
             max_concurrent: Arc<AtomicUsize>,
-            current: Arc<AtomicUsize>,
+            /// Requests in flight per txnId.
+            current: Arc<Mutex<HashMap<String, usize>>>,
         }
         let ctx = Ctx {
             recorded: recorded.clone(),
@@ -250,11 +324,23 @@ impl Receiver {
             Path(txn_id): Path<String>,
             axum::Json(body): axum::Json<Value>,
         ) -> (http::StatusCode, axum::Json<Value>) {
-            let now = ctx.current.fetch_add(1, Ordering::SeqCst) + 1;
-            ctx.max_concurrent.fetch_max(now, Ordering::SeqCst);
+            let distinct = {
+                let mut current = ctx.current.lock().unwrap();
+                *current.entry(txn_id.clone()).or_insert(0) += 1;
+                current.len()
+            };
+            ctx.max_concurrent.fetch_max(distinct, Ordering::SeqCst);
             // Hold the request a little so that two senders would overlap.
             tokio::time::sleep(Duration::from_millis(30)).await;
-            ctx.current.fetch_sub(1, Ordering::SeqCst);
+            {
+                let mut current = ctx.current.lock().unwrap();
+                if let Some(n) = current.get_mut(&txn_id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        current.remove(&txn_id);
+                    }
+                }
+            }
             if ctx.failing.load(Ordering::SeqCst) {
                 ctx.recorded.lock().unwrap().refused += 1;
                 return (
@@ -398,7 +484,7 @@ async fn one_sender_per_destination_and_takeover_after_kill9() {
     assert_eq!(
         receiver.max_concurrent.load(Ordering::SeqCst),
         1,
-        "two processes sent to the destination at the same time"
+        "two processes sent different transactions to the destination at the same time"
     );
     let takers = owners(&cluster, &receiver.name).len()
         + cluster
@@ -460,7 +546,11 @@ async fn one_sender_per_destination_and_takeover_after_kill9() {
     receiver.failing.store(false, Ordering::SeqCst);
     receiver.wait_delivered(40, &cluster).await;
     assert_eq!(receiver.delivered(), (0..40).collect::<Vec<_>>());
-    assert_eq!(receiver.max_concurrent.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        receiver.max_concurrent.load(Ordering::SeqCst),
+        1,
+        "two processes sent different transactions at the same time"
+    );
 
     // Nothing more arrives later (no duplicate transaction from a second sender).
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -11,7 +11,7 @@ use crate::consts::{
     AEAD_KEY_LEN, AEAD_NONCE_LEN, CHAIN_KEY_SEED, INFO_MESSAGE_KEYS, INFO_RATCHET, KEY_LEN,
     MESSAGE_KEY_MATERIAL_LEN, MESSAGE_KEY_SEED,
 };
-use crate::kdf::{hkdf_array, hmac_sha256};
+use crate::kdf::{hkdf_array, hkdf_zero_salt_array, hmac_keyed, hmac_sha256, hmac_with};
 
 /// The root key RK. Zeroized on drop.
 #[derive(Clone)]
@@ -80,6 +80,24 @@ impl ChainKey {
         })
     }
 
+    /// Both halves of KDF_CK at once: (MK, CK') = (HMAC-SHA256(CK, 0x01),
+    /// HMAC-SHA256(CK, 0x02)), the same values as [`ChainKey::message_key`] and
+    /// [`ChainKey::next`], with the chain key absorbed into HMAC once instead of twice.
+    /// `None` once the u32 index is exhausted.
+    pub fn step(&self) -> Option<(MessageKey, ChainKey)> {
+        let index = self.index.checked_add(1)?;
+        let keyed = hmac_keyed(&self.key);
+        let message_key = MessageKey {
+            key: hmac_with(&keyed, &[MESSAGE_KEY_SEED]),
+            index: self.index,
+        };
+        let next = ChainKey {
+            key: hmac_with(&keyed, &[CHAIN_KEY_SEED]),
+            index,
+        };
+        Some((message_key, next))
+    }
+
     pub(crate) fn as_bytes(&self) -> &[u8; KEY_LEN] {
         &self.key
     }
@@ -118,11 +136,7 @@ impl MessageKey {
     /// HKDF-SHA256(salt = 32 zero bytes, IKM = MK, info = "Hush-MsgKeys-v1") -> 44 bytes:
     /// the ChaCha20-Poly1305 key (32) followed by the nonce (12).
     fn expand(&self) -> Zeroizing<[u8; MESSAGE_KEY_MATERIAL_LEN]> {
-        hkdf_array::<MESSAGE_KEY_MATERIAL_LEN>(
-            Some(&[0u8; KEY_LEN]),
-            self.key.as_ref(),
-            INFO_MESSAGE_KEYS,
-        )
+        hkdf_zero_salt_array::<MESSAGE_KEY_MATERIAL_LEN>(self.key.as_ref(), INFO_MESSAGE_KEYS)
     }
 
     /// Encrypts one message; consumes the key.
@@ -277,6 +291,47 @@ mod tests {
     fn p20_chain_index_does_not_wrap() {
         let ck = ChainKey::new(Zeroizing::new([1; 32]), u32::MAX);
         assert!(ck.next().is_none());
+        assert!(ck.step().is_none());
+    }
+
+    /// The combined KDF_CK step yields exactly the separate halves, along a chain.
+    #[test]
+    fn combined_step_matches_message_key_and_next() {
+        let mut ck = ChainKey::new(Zeroizing::new([0x42; 32]), 7);
+        for _ in 0..50 {
+            let (mk, next) = match ck.step() {
+                Some(pair) => pair,
+                None => panic!("index 7..57 cannot be exhausted"),
+            };
+            let separate_mk = ck.message_key();
+            let separate_next = ck.next();
+            assert_eq!(mk.as_bytes(), separate_mk.as_bytes());
+            assert_eq!(mk.index(), separate_mk.index());
+            assert_eq!(
+                Some(next.as_bytes()),
+                separate_next.as_ref().map(|c| c.as_bytes())
+            );
+            assert_eq!(
+                Some(next.index()),
+                separate_next.as_ref().map(|c| c.index())
+            );
+            ck = next;
+        }
+    }
+
+    /// The message-key expansion equals HKDF-SHA256 with 32 zero bytes of salt, as specified.
+    #[test]
+    fn message_key_expansion_is_the_specified_hkdf() {
+        let mk = MessageKey::new(Zeroizing::new([0x33; 32]), 0);
+        let mut expected = [0u8; MESSAGE_KEY_MATERIAL_LEN];
+        assert!(crate::kdf::hkdf_sha256(
+            Some(&[0u8; KEY_LEN]),
+            mk.as_bytes(),
+            INFO_MESSAGE_KEYS,
+            &mut expected
+        )
+        .is_some());
+        assert_eq!(*mk.expand(), expected);
     }
 
     #[test]

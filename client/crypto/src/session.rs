@@ -198,8 +198,7 @@ impl Session {
         }
         let chain = self.sending_chain.as_ref().ok_or(EncryptError::NoSession)?;
         // Refuse the last index so that N never wraps around (P20).
-        let next = chain.next().ok_or(EncryptError::CounterExhausted)?;
-        let key = chain.message_key();
+        let (key, next) = chain.step().ok_or(EncryptError::CounterExhausted)?;
         let header = Header {
             ratchet_key: self.ratchet_public,
             previous_counter: self.previous_counter,
@@ -579,13 +578,11 @@ fn derive_to(
         return Err(DecryptError::TooFarAhead { gap });
     }
     let mut skipped = Vec::with_capacity(gap as usize);
-    let mut current = chain.clone();
-    while current.index() < counter {
-        skipped.push(current.message_key());
-        current = current.next().ok_or(DecryptError::BeyondChainEnd)?;
+    let (mut key, mut next) = chain.step().ok_or(DecryptError::BeyondChainEnd)?;
+    while key.index() < counter {
+        skipped.push(key);
+        (key, next) = next.step().ok_or(DecryptError::BeyondChainEnd)?;
     }
-    let key = current.message_key();
-    let next = current.next().ok_or(DecryptError::BeyondChainEnd)?;
     Ok((skipped, key, next))
 }
 

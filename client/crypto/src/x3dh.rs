@@ -12,7 +12,7 @@ use crate::consts::{BUNDLE_CLAIM_ALGORITHM, INFO_X3DH, KEY_LEN, MAX_ID_LEN, X3DH
 use crate::encoding::Writer;
 use crate::errors::{KeyError, X3dhError};
 use crate::identity::IdentityKey;
-use crate::kdf::hkdf_sha256;
+use crate::kdf::hkdf_sha256_zero_salt;
 use crate::keys::Curve25519PublicKey;
 use crate::prekeys::{verify_key_object, DeviceKeys, KeyId};
 
@@ -25,7 +25,7 @@ pub fn kdf(info: &[u8], dh_outputs: &[&[u8; KEY_LEN]], out: &mut [u8]) -> Option
     for dh in dh_outputs {
         ikm.extend_from_slice(dh.as_slice());
     }
-    hkdf_sha256(Some(&[0u8; KEY_LEN]), &ikm, info, out)
+    hkdf_sha256_zero_salt(&ikm, info, out)
 }
 
 /// SK = the 32-byte X3DH output with Hush's info string.

@@ -3,35 +3,38 @@
 //! per device.
 //!
 //! `hushd` is taken from `HUSHD_BIN` if set; otherwise it is built once per test binary with
-//! `cargo build -p hush-server --bin hushd` and taken from the workspace target directory.
+//! `cargo build -p hush-server --bin hushd` (`--release` for the benchmarks) and taken from
+//! the workspace target directory.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
 use serde_json::Value;
 
-/// The `hushd` binary.
+/// The `hushd` binary: `HUSHD_BIN` if set, else built once in the profile of this harness
+/// (the tests, built with debug assertions, use a debug `hushd`; the benchmarks, built
+/// without, a release one, so that server figures are not those of unoptimised code).
 pub fn hushd_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("HUSHD_BIN") {
             return PathBuf::from(p);
         }
+        let release = !cfg!(debug_assertions);
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .unwrap()
             .to_owned();
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-p", "hush-server", "--bin", "hushd"])
+        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        build.args(["build", "-p", "hush-server", "--bin", "hushd"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build
             .current_dir(&workspace)
             .status()
             .expect("cargo build hushd");
@@ -39,7 +42,11 @@ pub fn hushd_bin() -> PathBuf {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace.join("target"));
-        target.join("debug").join("hushd")
+        let bin = target
+            .join(if release { "release" } else { "debug" })
+            .join("hushd");
+        eprintln!("using {}", bin.display());
+        bin
     })
     .clone()
 }
@@ -49,59 +56,8 @@ pub fn hush_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hush"))
 }
 
-/// A test certificate authority.
-pub struct TestCa {
-    _dir: tempfile::TempDir,
-    cert: rcgen::Certificate,
-    key: KeyPair,
-    /// PEM file of the CA certificate.
-    pub pem_path: PathBuf,
-}
-
-impl TestCa {
-    /// A new CA.
-    pub fn new() -> TestCa {
-        let dir = tempfile::tempdir().unwrap();
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Hush client test CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key).unwrap();
-        let pem_path = dir.path().join("ca.pem");
-        std::fs::write(&pem_path, cert.pem()).unwrap();
-        TestCa {
-            _dir: dir,
-            cert,
-            key,
-            pem_path,
-        }
-    }
-
-    /// A certificate for `ip`, written into `out`.
-    pub fn issue(&self, ip: &str, out: &Path) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![ip.to_owned()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, ip);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let cert_path = out.join("tls.crt");
-        let key_path = out.join("tls.key");
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        (cert_path, key_path)
-    }
-}
-
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use hush_testkit::ca::TestCa;
+use hush_testkit::net::free_port;
 
 /// Which database the server uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,28 +68,10 @@ pub enum Db {
     Postgres,
 }
 
-/// Creates a uniquely named PostgreSQL database.
+/// Creates a fresh PostgreSQL database and returns its URL. It outlives the test (servers may
+/// still use it while the test ends); the next test process drops it (`hush_testkit::pg`).
 pub fn fresh_postgres() -> String {
-    let name = format!(
-        "hush_client_{}_{}",
-        std::process::id(),
-        rand::random::<u32>()
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    });
-    format!("postgres://postgres@127.0.0.1:5432/{name}")
+    hush_testkit::pg::PgTestDb::create_blocking("client").persist()
 }
 
 /// One running `hushd`.
@@ -494,7 +432,7 @@ pub struct Recorder {
 impl Recorder {
     /// Relays `127.0.0.1:PORT` to `target` (`IP:PORT`).
     pub fn start(target: &str) -> Recorder {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let bytes = Arc::new(Mutex::new(Vec::new()));
         let target = target.to_owned();

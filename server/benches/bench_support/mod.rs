@@ -37,6 +37,62 @@ impl Account {
     }
 }
 
+/// One HTTP/1.1 keep-alive connection to `hushd`, driven by hyper directly (no pool, redirect
+/// or timeout layers): the send phases use one per sender so that the client's own CPU cost
+/// per request stays small next to the server's (both share the machine).
+pub struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<String>,
+    authority: String,
+}
+
+impl Conn {
+    /// Connects to `base` (`http://HOST:PORT`).
+    pub async fn open(base: &str) -> TestResult<Conn> {
+        let authority = base
+            .strip_prefix("http://")
+            .ok_or("the bench connects over plain HTTP")?
+            .trim_end_matches('/')
+            .to_owned();
+        let stream = tokio::net::TcpStream::connect(&authority).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        // Runs the connection until `sender` is dropped.
+        tokio::spawn(connection);
+        Ok(Conn { sender, authority })
+    }
+
+    /// One sendToDevice request: `content` to `device` of `to` (`*` = all its devices); an
+    /// answer other than 200 is an error.
+    pub async fn send(
+        &mut self,
+        from: &Account,
+        txn: &str,
+        to: &str,
+        device: &str,
+        content: &Value,
+    ) -> TestResult {
+        use http_body_util::BodyExt as _;
+        let body = serde_json::to_string(&json!({"messages": {to: {device: content}}}))?;
+        let request = http::Request::put(format!("/_matrix/client/v3/sendToDevice/m.bench/{txn}"))
+            .header(http::header::HOST, &self.authority)
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", from.token),
+            )
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body)?;
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status();
+        let answer = response.into_body().collect().await?.to_bytes();
+        if status != http::StatusCode::OK {
+            return Err(format!("send: {status} {}", String::from_utf8_lossy(&answer)).into());
+        }
+        Ok(())
+    }
+}
+
 /// An HTTP client bound to one `hushd`.
 pub struct Bench {
     /// The keep-alive client.
@@ -142,6 +198,54 @@ pub fn memory_mb(pid: u32) -> (f64, f64) {
             / 1024.0
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Clock ticks per second of `/proc/PID/stat` times (`USER_HZ`, 100 on every Linux ABI).
+const USER_HZ: u64 = 100;
+
+/// CPU time (user + system, all threads) a process has used so far, from `/proc/PID/stat`
+/// (zero if it cannot be read). Resolution: one clock tick (10 ms).
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis,
+    // where field 3 (state) has index 0, utime (field 14) index 11 and stime (15) index 12.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    Duration::from_micros(ticks * 1_000_000 / USER_HZ)
+}
+
+/// CPU time used by `hushd` and by the bench process itself over one phase.
+pub struct CpuMeter {
+    pid: u32,
+    server: Duration,
+    client: Duration,
+}
+
+impl CpuMeter {
+    /// Starts measuring `hushd` (process `pid`) and this process.
+    pub fn start(pid: u32) -> CpuMeter {
+        CpuMeter {
+            pid,
+            server: cpu_time(pid),
+            client: cpu_time(std::process::id()),
+        }
+    }
+
+    /// `(hushd, bench client)` CPU microseconds per item over `items` items since the start.
+    pub fn per_item_us(&self, items: usize) -> (f64, f64) {
+        let n = items.max(1) as f64;
+        let server = cpu_time(self.pid).saturating_sub(self.server);
+        let client = cpu_time(std::process::id()).saturating_sub(self.client);
+        (
+            server.as_secs_f64() * 1e6 / n,
+            client.as_secs_f64() * 1e6 / n,
+        )
+    }
 }
 
 /// Prints the memory of hushd after a phase (to standard error, as a diagnostic).

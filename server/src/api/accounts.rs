@@ -151,7 +151,7 @@ async fn open_session(
             now_ms(),
         )
         .await?;
-    state.notifier().wake_device_lists();
+    state.notifier().wake_device_lists_of(user_id);
     Ok(token)
 }
 
@@ -380,7 +380,7 @@ pub async fn remove_devices(state: &AppState, user_id: &str, devices: &[String])
         .store()
         .delete_devices(user_id, devices, now_ms())
         .await?;
-    state.notifier().wake_device_lists();
+    state.notifier().wake_device_lists_of(user_id);
     Ok(())
 }
 

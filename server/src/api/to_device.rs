@@ -165,5 +165,6 @@ pub async fn send(
             Err(ApiError::unavailable("The server is shutting down; retry"))
         }
         Err(MailboxError::Commit(detail)) => Err(ApiError::internal(detail)),
+        Err(MailboxError::Unavailable(detail)) => Err(ApiError::database_unavailable(detail)),
     }
 }

@@ -174,7 +174,7 @@ pub async fn upload(
             .set_device_keys(user_id, device_id, &json, now)
             .await?
         {
-            state.notifier().wake_device_lists();
+            state.notifier().wake_device_lists_of(user_id);
         }
     }
     if !otks.is_empty() {

@@ -36,6 +36,10 @@ pub enum MailboxError {
     /// The commit failed; nothing of this batch was written.
     #[error("commit failed: {0}")]
     Commit(String),
+    /// The database is unreachable or restarting; nothing of this batch was written and the
+    /// request may be retried as it is.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
 }
 
 struct Job {
@@ -173,8 +177,14 @@ async fn commit_batch(writer: &Writer, batch: &mut Vec<Job>) {
         }
         Err(e) => {
             tracing::error!(error = %e, requests = replies.len(), "group commit failed");
+            let unavailable = crate::error::store_unavailable(&e);
             for reply in replies {
-                let _ = reply.send(Err(MailboxError::Commit(e.to_string())));
+                let detail = e.to_string();
+                let _ = reply.send(Err(if unavailable {
+                    MailboxError::Unavailable(detail)
+                } else {
+                    MailboxError::Commit(detail)
+                }));
             }
         }
     }

@@ -40,8 +40,12 @@ pub enum WakeEvent {
         /// Device ID.
         device_id: String,
     },
-    /// Some user's device list changed; every waiter re-checks whether it cares.
+    /// Some device list changed (which one is not known); every waiter re-checks whether it
+    /// cares.
     DeviceLists,
+    /// The device lists of these users changed: only their followers (devices of users with a
+    /// `device_list_interest` in one of them, and of the users themselves) re-check.
+    DeviceListsOf(Vec<String>),
 }
 
 /// Forwards wake events to other processes (the PostgreSQL LISTEN/NOTIFY seam).
@@ -54,9 +58,14 @@ type DeviceKey = (String, String);
 
 struct Inner {
     devices: Mutex<HashMap<DeviceKey, watch::Sender<u64>>>,
+    /// Per waiting user: woken when a device list that user follows changed.
+    users: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// Wakes every waiter (a change of unknown scope).
     device_lists: watch::Sender<u64>,
     waiting: AtomicUsize,
     broadcast: Option<Arc<dyn WakeBroadcast>>,
+    /// Finds the followers of a changed device list; without it every waiter is woken.
+    store: Option<Store>,
 }
 
 /// The in-process wake-up hub. Cheap to clone.
@@ -82,21 +91,30 @@ impl Default for Notifier {
 impl Notifier {
     /// A notifier that wakes only syncs in this process.
     pub fn new() -> Notifier {
-        Notifier::build(None)
+        Notifier::build(None, None)
     }
 
     /// A notifier that also forwards every wake to other processes.
     pub fn with_broadcast(broadcast: Arc<dyn WakeBroadcast>) -> Notifier {
-        Notifier::build(Some(broadcast))
+        Notifier::build(Some(broadcast), None)
     }
 
-    fn build(broadcast: Option<Arc<dyn WakeBroadcast>>) -> Notifier {
+    /// A notifier that looks up in `store` who follows a changed device list, so that
+    /// [`WakeEvent::DeviceListsOf`] wakes only those waiters, and forwards wakes to
+    /// `broadcast` if given.
+    pub fn with_store(store: Store, broadcast: Option<Arc<dyn WakeBroadcast>>) -> Notifier {
+        Notifier::build(broadcast, Some(store))
+    }
+
+    fn build(broadcast: Option<Arc<dyn WakeBroadcast>>, store: Option<Store>) -> Notifier {
         Notifier {
             inner: Arc::new(Inner {
                 devices: Mutex::new(HashMap::new()),
+                users: Mutex::new(HashMap::new()),
                 device_lists: watch::Sender::new(0),
                 waiting: AtomicUsize::new(0),
                 broadcast,
+                store,
             }),
         }
     }
@@ -117,9 +135,14 @@ impl Notifier {
         });
     }
 
-    /// Wakes everyone waiting for device-list changes.
+    /// Wakes everyone waiting for device-list changes (the changed user is not known).
     pub fn wake_device_lists(&self) {
         self.wake(WakeEvent::DeviceLists);
+    }
+
+    /// `user_id`'s device list changed (committed): wakes the waiting syncs that follow it.
+    pub fn wake_device_lists_of(&self, user_id: &str) {
+        self.wake(WakeEvent::DeviceListsOf(vec![user_id.to_owned()]));
     }
 
     /// Wakes local waiters only (used for events received from other processes).
@@ -135,12 +158,52 @@ impl Notifier {
                     sender.send_modify(|v| *v = v.wrapping_add(1));
                 }
             }
-            WakeEvent::DeviceLists => {
-                self.inner
-                    .device_lists
-                    .send_modify(|v| *v = v.wrapping_add(1));
-            }
+            WakeEvent::DeviceLists => self.wake_every_list_waiter(),
+            WakeEvent::DeviceListsOf(users) => self.wake_followers(users.clone()),
         }
+    }
+
+    /// Wakes every waiter for a device-list change.
+    fn wake_every_list_waiter(&self) {
+        self.inner
+            .device_lists
+            .send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Looks up (in a task) who follows `users` and wakes those of them that wait here; wakes
+    /// every waiter when that cannot be looked up.
+    fn wake_followers(&self, users: Vec<String>) {
+        if self.waiting() == 0 {
+            return;
+        }
+        let (Some(store), Ok(runtime)) = (
+            self.inner.store.clone(),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            self.wake_every_list_waiter();
+            return;
+        };
+        let notifier = self.clone();
+        runtime.spawn(async move {
+            match store.device_list_followers(&users).await {
+                Ok(followers) => {
+                    let waiting = notifier
+                        .inner
+                        .users
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    for follower in &followers {
+                        if let Some(sender) = waiting.get(follower) {
+                            sender.send_modify(|v| *v = v.wrapping_add(1));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look up device-list followers; waking every sync");
+                    notifier.wake_every_list_waiter();
+                }
+            }
+        });
     }
 
     /// Wakes every local waiter once (after a gap in which wake-ups from other processes may
@@ -176,11 +239,23 @@ impl Notifier {
                 .or_insert_with(|| watch::Sender::new(0))
                 .subscribe()
         };
+        let user_lists = {
+            let mut users = self
+                .inner
+                .users
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            users
+                .entry(key.0.clone())
+                .or_insert_with(|| watch::Sender::new(0))
+                .subscribe()
+        };
         self.inner.waiting.fetch_add(1, Ordering::Relaxed);
         Subscription {
             notifier: self.clone(),
             key,
             device,
+            user_lists,
             device_lists: self.inner.device_lists.subscribe(),
         }
     }
@@ -196,7 +271,7 @@ impl Notifier {
 pub enum Woken {
     /// The device itself (mail, key counts).
     Device,
-    /// A device list somewhere changed.
+    /// A device list changed that this user may follow.
     DeviceLists,
 }
 
@@ -205,6 +280,9 @@ pub struct Subscription {
     notifier: Notifier,
     key: DeviceKey,
     device: watch::Receiver<u64>,
+    /// Device lists followed by this user.
+    user_lists: watch::Receiver<u64>,
+    /// Every device list (changes of unknown scope).
     device_lists: watch::Receiver<u64>,
 }
 
@@ -221,6 +299,12 @@ impl Subscription {
                     std::future::pending::<()>().await;
                 }
                 Woken::Device
+            }
+            r = self.user_lists.changed() => {
+                if r.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                Woken::DeviceLists
             }
             r = self.device_lists.changed() => {
                 if r.is_err() {
@@ -248,6 +332,19 @@ impl Drop for Subscription {
         {
             devices.remove(&self.key);
         }
+        drop(devices);
+        let mut users = self
+            .notifier
+            .inner
+            .users
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if users
+            .get(&self.key.0)
+            .is_some_and(|sender| sender.receiver_count() <= 1)
+        {
+            users.remove(&self.key.0);
+        }
     }
 }
 
@@ -262,14 +359,31 @@ const RELAY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub struct PgWakeBroadcast {
     device_lists: Arc<Notify>,
+    /// Changed users not yet announced (`None` inside: a change of unknown scope).
+    pending: Arc<Mutex<PendingLists>>,
+}
+
+/// Device-list changes waiting to be announced.
+#[derive(Debug, Default)]
+struct PendingLists {
+    /// A change of unknown scope: announce "every list".
+    all: bool,
+    /// Users whose device lists changed.
+    users: std::collections::BTreeSet<String>,
 }
 
 impl WakeBroadcast for PgWakeBroadcast {
     fn broadcast(&self, event: &WakeEvent) {
-        if matches!(event, WakeEvent::DeviceLists) {
-            // Stores one permit: changes arriving while a NOTIFY is being sent share the next.
-            self.device_lists.notify_one();
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            match event {
+                WakeEvent::Device { .. } => return,
+                WakeEvent::DeviceLists => pending.all = true,
+                WakeEvent::DeviceListsOf(users) => pending.users.extend(users.iter().cloned()),
+            }
         }
+        // Stores one permit: changes arriving while a NOTIFY is being sent share the next.
+        self.device_lists.notify_one();
     }
 }
 
@@ -285,17 +399,19 @@ impl WakeRelay {
     /// processes' wake-ups. On SQLite returns a purely local notifier and no relay.
     pub async fn start(store: &Store) -> Result<(Notifier, Option<WakeRelay>), StoreError> {
         let Some(listener) = store.listen_wakeups().await? else {
-            return Ok((Notifier::new(), None));
+            return Ok((Notifier::with_store(store.clone(), None), None));
         };
         let broadcast = Arc::new(PgWakeBroadcast::default());
         let announce = broadcast.device_lists.clone();
-        let notifier = Notifier::with_broadcast(broadcast);
+        let pending = broadcast.pending.clone();
+        let notifier = Notifier::with_store(store.clone(), Some(broadcast));
         let (stop, _) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(relay(listener, notifier.clone(), stop.subscribe())),
             tokio::spawn(announce_device_lists(
                 store.clone(),
                 announce,
+                pending,
                 stop.subscribe(),
             )),
         ];
@@ -326,6 +442,12 @@ async fn relay(mut listener: WakeListener, notifier: Notifier, mut stop: watch::
                 notifier.deliver_local(&WakeEvent::Device { user_id, device_id });
             }
             Ok(Wakeup::DeviceLists) => notifier.deliver_local(&WakeEvent::DeviceLists),
+            Ok(Wakeup::DeviceListsOf(users)) => {
+                notifier.deliver_local(&WakeEvent::DeviceListsOf(users));
+            }
+            // Another process revoked access tokens; the listener has already emptied the
+            // store's token cache before handing this over.
+            Ok(Wakeup::Tokens) => {}
             Ok(Wakeup::Lost) => {
                 tracing::warn!(
                     waiting = notifier.waiting(),
@@ -347,18 +469,28 @@ async fn relay(mut listener: WakeListener, notifier: Notifier, mut stop: watch::
     }
 }
 
-/// Sends one `NOTIFY` per burst of device-list changes.
+/// Sends one `NOTIFY` per burst of device-list changes, naming the changed users.
 async fn announce_device_lists(
     store: Store,
-    pending: Arc<Notify>,
+    announce: Arc<Notify>,
+    pending: Arc<Mutex<PendingLists>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
-            () = pending.notified() => {}
+            () = announce.notified() => {}
             _ = stop.changed() => return,
         }
-        if let Err(e) = store.notify_device_lists().await {
+        let burst = std::mem::take(&mut *pending.lock().unwrap_or_else(PoisonError::into_inner));
+        let users: Vec<String> = if burst.all {
+            Vec::new() // "every list"
+        } else {
+            burst.users.into_iter().collect()
+        };
+        if !burst.all && users.is_empty() {
+            continue;
+        }
+        if let Err(e) = store.notify_device_lists(&users).await {
             // Other processes' syncs see the change at their next wake-up or timeout.
             tracing::warn!(error = %e, "cannot announce a device-list change to other processes");
         }
@@ -435,8 +567,57 @@ mod tests {
         let fut = b.device_lists.notified();
         tokio::pin!(fut);
         assert!(!fut.as_mut().enable(), "device wakes are not forwarded");
-        b.broadcast(&WakeEvent::DeviceLists);
+        b.broadcast(&WakeEvent::DeviceListsOf(vec!["@a:hs".into()]));
         assert!(fut.as_mut().enable(), "device-list changes are");
+        let pending = b.pending.lock().map(|p| p.users.len()).unwrap_or(0);
+        assert_eq!(pending, 1, "with the changed user");
+    }
+
+    #[tokio::test]
+    async fn a_device_list_change_wakes_only_followers() {
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("no temporary directory");
+        };
+        let url = format!("sqlite://{}", dir.path().join("n.db").display());
+        let Ok(store) = Store::connect(&url).await else {
+            panic!("cannot open {url}");
+        };
+        for user in ["@alice:hs", "@bob:hs", "@carol:hs"] {
+            assert!(store.create_user(user, None, None, 0).await.is_ok());
+        }
+        assert!(store
+            .add_device_list_interest("@alice:hs", &["@carol:hs".to_owned()])
+            .await
+            .is_ok());
+        let n = Notifier::with_store(store, None);
+        let mut alice = n.subscribe("@alice:hs", "A");
+        let mut carol = n.subscribe("@carol:hs", "C");
+        let bob = n.subscribe("@bob:hs", "B");
+        n.wake_device_lists_of("@carol:hs");
+        let woken = tokio::time::timeout(Duration::from_secs(5), alice.changed()).await;
+        assert_eq!(woken.ok(), Some(Woken::DeviceLists), "a follower wakes");
+        let woken = tokio::time::timeout(Duration::from_secs(5), carol.changed()).await;
+        assert_eq!(
+            woken.ok(),
+            Some(Woken::DeviceLists),
+            "the user itself wakes"
+        );
+        // Followers are woken together, under one lock: bob would have been by now.
+        assert!(
+            !bob.user_lists.has_changed().unwrap_or(true),
+            "bob follows nobody"
+        );
+        assert!(!bob.device_lists.has_changed().unwrap_or(true));
+        assert!(!bob.device.has_changed().unwrap_or(true));
+    }
+
+    #[tokio::test]
+    async fn without_a_store_a_named_change_wakes_every_list_waiter() {
+        let n = Notifier::new();
+        let mut sub = n.subscribe("@b:hs", "D");
+        n.wake_device_lists_of("@a:hs");
+        let woken = tokio::time::timeout(Duration::from_secs(5), sub.changed()).await;
+        assert_eq!(woken.ok(), Some(Woken::DeviceLists));
     }
 
     #[test]

@@ -105,8 +105,9 @@ impl Store {
                 record_device_list_change!(tx, user_id, now);
             }
         });
-        // Access tokens may have been deleted.
-        self.tokens.invalidate();
+        // Access tokens may have been deleted (here and, through the database, in every other
+        // process).
+        self.tokens_revoked().await;
         out
     }
 

@@ -62,6 +62,11 @@ pub(super) struct SqliteWriter {
     options: SqliteConnectOptions,
     /// Set when the connection failed fatally; the next user reopens it.
     broken: AtomicBool,
+    /// Set while a transaction begun by the caller's own `BEGIN` (see
+    /// [`SqliteWriter::begin_raw`]) may be open; the next [`SqliteWriter::lock`] rolls it back.
+    raw_open: AtomicBool,
+    /// Set by [`SqliteWriter::close`] (stops the background checkpointer).
+    closed: AtomicBool,
 }
 
 impl SqliteWriter {
@@ -77,8 +82,55 @@ impl SqliteWriter {
                 }
             }
         }
-        MutexGuard::try_map(guard, Option::as_mut)
-            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))
+        let mut conn = MutexGuard::try_map(guard, Option::as_mut)
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        if self.raw_open.load(Ordering::Acquire) {
+            // The last raw transaction's owner was cancelled or its roll-back failed.
+            self.rollback_raw(&mut conn).await?;
+        }
+        Ok(conn)
+    }
+
+    /// Prepares the locked writer connection for a transaction that the caller runs outside
+    /// sqlx's transaction manager, so that `BEGIN IMMEDIATE` can travel in the same command
+    /// (one round trip to the connection's worker thread) as the transaction's first
+    /// statements and `COMMIT` in the same command as its last ones.
+    ///
+    /// The caller must then either see its `COMMIT` succeed and call
+    /// [`SqliteWriter::raw_finished`], or call [`SqliteWriter::rollback_raw`]. Until one of
+    /// them has run, the next [`SqliteWriter::lock`] rolls back whatever is still open (the
+    /// caller may have been cancelled mid-way), so a transaction nobody owns can never wedge
+    /// the writer or be committed by a later statement.
+    pub(super) async fn begin_raw(&self, conn: &mut SqliteConnection) -> StoreResult<()> {
+        type Manager = <sqlx::Sqlite as sqlx::Database>::TransactionManager;
+        if Manager::get_transaction_depth(conn) > 0 {
+            Manager::rollback(conn)
+                .await
+                .inspect_err(|e| self.note_error(e))?;
+        }
+        self.raw_open.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Records that the raw transaction begun after [`SqliteWriter::begin_raw`] has committed.
+    pub(super) fn raw_finished(&self) {
+        self.raw_open.store(false, Ordering::Release);
+    }
+
+    /// Rolls back the raw transaction begun after [`SqliteWriter::begin_raw`], if one is open.
+    pub(super) async fn rollback_raw(&self, conn: &mut SqliteConnection) -> StoreResult<()> {
+        match sqlx::query("ROLLBACK").execute(&mut *conn).await {
+            // A database error here means that no transaction was open (it never began, or
+            // SQLite already rolled it back): nothing is left to undo.
+            Ok(_) | Err(sqlx::Error::Database(_)) => {
+                self.raw_open.store(false, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                self.note_error(&e);
+                Err(e.into())
+            }
+        }
     }
 
     /// Starts a write transaction (`BEGIN IMMEDIATE`) on the locked writer connection.
@@ -119,14 +171,60 @@ impl SqliteWriter {
 
     /// Closes the connection; later uses fail with `PoolClosed`.
     pub(super) async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         if let Some(conn) = self.conn.lock().await.take() {
             let _ = conn.close().await;
         }
     }
 }
 
+/// WAL pages after which the writer connection checkpoints by itself, inside a commit. Only
+/// a backstop: the background checkpointer ([`spawn_checkpointer`]) normally keeps the WAL
+/// far smaller, so commits (and the requests waiting for them) do not pay for checkpoints.
+const SQLITE_WRITER_AUTOCHECKPOINT_PAGES: u32 = 16_384;
+/// How often the background checkpointer copies the WAL into the database file.
+const SQLITE_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Copies the WAL into the database file every [`SQLITE_CHECKPOINT_INTERVAL`] on a connection
+/// of its own (`PRAGMA wal_checkpoint(PASSIVE)`: it never blocks the writer or readers, and
+/// its fsyncs happen on that connection's thread instead of inside a commit the writer's
+/// callers wait for). Durability is unchanged: a commit is complete once it is in the WAL.
+/// Stops when the store is closed or dropped.
+fn spawn_checkpointer(writer: std::sync::Weak<SqliteWriter>, options: SqliteConnectOptions) {
+    tokio::spawn(async move {
+        let mut conn = match options.connect().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "no background WAL checkpointer; the writer checkpoints");
+                return;
+            }
+        };
+        let mut tick = tokio::time::interval(SQLITE_CHECKPOINT_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match writer.upgrade() {
+                Some(w) if !w.closed.load(Ordering::Acquire) => {}
+                _ => break,
+            }
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&mut conn)
+                .await
+            {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+            }
+        }
+        let _ = conn.close().await;
+    });
+}
+
 /// A pooled PostgreSQL connection idle for longer than this is pinged before use.
 const PG_PING_IDLE_AFTER: Duration = Duration::from_secs(5);
+/// Longest wait for a pooled PostgreSQL connection. While the database is down every new
+/// connection is refused and the pool keeps retrying until this passes; the request then gets
+/// a retryable 503, so it should be short. Under normal load a connection is free within
+/// milliseconds (queries are short and nothing holds one while waiting for a client).
+const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections in the PostgreSQL pool of one process.
 const PG_MAX_CONNECTIONS: u32 = 16;
 /// Reader connections for SQLite (WAL readers run alongside the single writer).
@@ -207,7 +305,7 @@ impl Store {
         if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()
                 .max_connections(PG_MAX_CONNECTIONS)
-                .acquire_timeout(Duration::from_secs(10))
+                .acquire_timeout(PG_ACQUIRE_TIMEOUT)
                 // sqlx pings every connection it hands out by default: a round trip per query.
                 // Only connections that sat idle for a while are checked (they are the ones a
                 // database restart or a network change could have broken meanwhile).
@@ -227,6 +325,7 @@ impl Store {
                 backend: Backend::Postgres(pool),
                 tokens: Arc::default(),
                 claims: Arc::default(),
+                acks: Arc::default(),
             });
         }
         let url = parse_sqlite_url(database_url)?;
@@ -247,7 +346,11 @@ impl Store {
             .busy_timeout(SQLITE_BUSY_TIMEOUT)
             // Room for every statement of the store plus the size classes of the multi-row
             // group-commit statements, so none is re-prepared.
-            .statement_cache_capacity(SQLITE_STATEMENT_CACHE);
+            .statement_cache_capacity(SQLITE_STATEMENT_CACHE)
+            .pragma(
+                "wal_autocheckpoint",
+                SQLITE_WRITER_AUTOCHECKPOINT_PAGES.to_string(),
+            );
         // Migrate through a short-lived one-connection pool (the migrator's future over a bare
         // connection is not `Send`), then open the dedicated writer.
         let migrator = SqlitePoolOptions::new()
@@ -271,11 +374,15 @@ impl Store {
             conn: Mutex::new(Some(writer)),
             options,
             broken: AtomicBool::new(false),
+            raw_open: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         });
+        spawn_checkpointer(Arc::downgrade(&writer), writer.options.clone());
         Ok(Store {
             backend: Backend::Sqlite { writer, reader },
             tokens: Arc::default(),
             claims: Arc::default(),
+            acks: Arc::default(),
         })
     }
 }

@@ -59,6 +59,27 @@ impl Store {
         })
     }
 
+    /// Who follows the device lists of `users`: the users themselves and every observer with a
+    /// `device_list_interest` in one of them (the users whose `/sync` reports such a change,
+    /// see [`Store::device_list_changes`]). Sorted, without duplicates. One probe of the
+    /// `device_list_interest_target` index per user.
+    pub async fn device_list_followers(&self, users: &[String]) -> StoreResult<Vec<String>> {
+        let mut followers: std::collections::BTreeSet<String> = users.iter().cloned().collect();
+        with_pools!(self, |r, pg| {
+            for user in users {
+                let observers: Vec<String> = sqlx::query_scalar(
+                    "SELECT observer FROM device_list_interest WHERE target = $1",
+                )
+                .bind(user)
+                .fetch_all(r)
+                .await?;
+                followers.extend(observers);
+            }
+            StoreResult::Ok(())
+        })?;
+        Ok(followers.into_iter().collect())
+    }
+
     /// Records that `observer` is interested in `target`'s device list (refreshing the time of
     /// interest; interests unused for the mailbox TTL are pruned).
     pub async fn add_device_list_interest(

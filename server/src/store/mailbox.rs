@@ -13,11 +13,13 @@ use std::sync::OnceLock;
 
 use sqlx::Row;
 
-use super::notify::{wake_payload, WakeOnCommit};
+use tokio::sync::oneshot;
+
+use super::notify::{wake_payloads, WakeOnCommit};
 
 use super::{
     with_pools, with_tx, with_writer, InboxEvent, Millis, OutboundEdu, SendOutcome, SendRequest,
-    Store, StoreResult, SyncReads, ToDeviceMessage, TxnKey,
+    Store, StoreError, StoreResult, SyncReads, ToDeviceMessage, TxnKey,
 };
 
 /// Counter state of one recipient device during a group commit.
@@ -168,42 +170,90 @@ fn sqlite_txn_sql(rows: usize) -> String {
     )
 }
 
+/// SQLite: `(index, inbox_last_pos, first queued position)` of up to [`SQLITE_CHUNK`] devices
+/// given as `(index, user, device)` rows; unknown devices (and padding) match nothing.
+fn sqlite_heads_sql(rows: usize) -> String {
+    values_sql(
+        "SELECT v.column1, d.inbox_last_pos, (SELECT MIN(i.pos) FROM to_device_inbox i \
+         WHERE i.user_id = d.user_id AND i.device_id = d.device_id) FROM ",
+        3,
+        rows,
+        " AS v JOIN devices d ON d.user_id = v.column2 AND d.device_id = v.column3",
+    )
+}
+
+/// SQLite: sets `inbox_last_pos` of up to [`SQLITE_CHUNK`] `(user, device, last)` rows.
+fn sqlite_store_heads_sql(rows: usize) -> String {
+    values_sql(
+        "UPDATE devices SET inbox_last_pos = v.column3 FROM ",
+        3,
+        rows,
+        " AS v WHERE devices.user_id = v.column1 AND devices.device_id = v.column2",
+    )
+}
+
+static SQLITE_HEADS_SQL: OnceLock<Vec<String>> = OnceLock::new();
+static SQLITE_STORE_HEADS_SQL: OnceLock<Vec<String>> = OnceLock::new();
 static SQLITE_INBOX_SQL: OnceLock<Vec<String>> = OnceLock::new();
 static SQLITE_TXN_SQL: OnceLock<Vec<String>> = OnceLock::new();
 
 impl MailboxOps for sqlx::SqliteConnection {
+    /// One padded multi-row statement per [`SQLITE_CHUNK`] recipients.
     async fn load_heads(
         &mut self,
         recipients: &[(&str, &str)],
     ) -> Result<Vec<(usize, i64, Option<i64>)>, sqlx::Error> {
         let mut out = Vec::with_capacity(recipients.len());
-        for (i, &(user_id, device_id)) in recipients.iter().enumerate() {
-            let row = sqlx::query(
-                "SELECT inbox_last_pos, (SELECT MIN(pos) FROM to_device_inbox i \
-                 WHERE i.user_id = d.user_id AND i.device_id = d.device_id) AS first_pos \
-                 FROM devices d WHERE d.user_id = $1 AND d.device_id = $2",
-            )
-            .bind(user_id)
-            .bind(device_id)
-            .fetch_optional(&mut *self)
-            .await?;
-            if let Some(row) = row {
-                out.push((i, row.try_get("inbox_last_pos")?, row.try_get("first_pos")?));
+        for (c, chunk) in recipients.chunks(SQLITE_CHUNK).enumerate() {
+            let class = class_index(chunk.len());
+            let padding = SQLITE_CLASSES.get(class).map_or(0, |n| n - chunk.len());
+            let offset = c * SQLITE_CHUNK;
+            // `?1` is not used by this statement.
+            let mut query =
+                sqlx::query(class_sql(&SQLITE_HEADS_SQL, class, sqlite_heads_sql)).bind(0_i64);
+            for (i, &(user_id, device_id)) in chunk.iter().enumerate() {
+                let index = i64::try_from(offset + i).unwrap_or(i64::MAX);
+                query = query.bind(index).bind(user_id).bind(device_id);
+            }
+            for _ in 0..padding {
+                query = query
+                    .bind(None::<i64>)
+                    .bind(None::<&str>)
+                    .bind(None::<&str>);
+            }
+            for row in query.fetch_all(&mut *self).await? {
+                let index: i64 = row.try_get(0)?;
+                let Ok(index) = usize::try_from(index) else {
+                    continue;
+                };
+                out.push((index, row.try_get(1)?, row.try_get(2)?));
             }
         }
         Ok(out)
     }
 
+    /// One padded multi-row statement per [`SQLITE_CHUNK`] devices.
     async fn store_heads(&mut self, heads: &[(&str, &str, i64)]) -> Result<(), sqlx::Error> {
-        for &(user_id, device_id, last) in heads {
-            sqlx::query(
-                "UPDATE devices SET inbox_last_pos = $3 WHERE user_id = $1 AND device_id = $2",
-            )
-            .bind(user_id)
-            .bind(device_id)
-            .bind(last)
-            .execute(&mut *self)
-            .await?;
+        for chunk in heads.chunks(SQLITE_CHUNK) {
+            let class = class_index(chunk.len());
+            let padding = SQLITE_CLASSES.get(class).map_or(0, |n| n - chunk.len());
+            // `?1` is not used by this statement.
+            let mut query = sqlx::query(class_sql(
+                &SQLITE_STORE_HEADS_SQL,
+                class,
+                sqlite_store_heads_sql,
+            ))
+            .bind(0_i64);
+            for &(user_id, device_id, last) in chunk {
+                query = query.bind(user_id).bind(device_id).bind(last);
+            }
+            for _ in 0..padding {
+                query = query
+                    .bind(None::<&str>)
+                    .bind(None::<&str>)
+                    .bind(None::<i64>);
+            }
+            query.execute(&mut *self).await?;
         }
         Ok(())
     }
@@ -426,6 +476,422 @@ impl MailboxOps for sqlx::PgConnection {
     }
 }
 
+/// What a group commit writes, decided from the queue heads and the fresh transaction keys.
+struct Plan<'r> {
+    /// One outcome per request, in order.
+    outcomes: Vec<SendOutcome>,
+    /// Message rows to insert.
+    rows: Vec<InboxRow<'r>>,
+    /// EDUs to queue for other servers.
+    edus: Vec<&'r OutboundEdu>,
+    /// Transaction keys recorded by this batch whose request was refused (mailbox full) and
+    /// that no later request of the batch used: they are removed again.
+    refused: Vec<&'r TxnKey>,
+    /// `(user, device, last position)` of every device that got mail.
+    advanced: Vec<(&'r str, &'r str, i64)>,
+}
+
+/// Decides each request of a batch in order: `Duplicate` if its transaction key is not in
+/// `fresh` (or was used by an earlier request of the batch), `MailboxFull` if a recipient would
+/// exceed `mailbox_cap`, else `Committed` with positions allocated after the device's last one
+/// (messages to devices without a head, i.e. unknown devices, are dropped). `heads` are
+/// [`MailboxOps::load_heads`] rows for `recipients`.
+fn plan_batch<'r>(
+    requests: &'r [SendRequest],
+    recipients: &[(&'r str, &'r str)],
+    heads: Vec<(usize, i64, Option<i64>)>,
+    mut fresh: HashSet<TxnTuple>,
+    mailbox_cap: i64,
+) -> Plan<'r> {
+    let mut state: HashMap<(&str, &str), Head> = HashMap::with_capacity(heads.len());
+    for (i, last, first) in heads {
+        let Some(&key) = recipients.get(i) else {
+            continue;
+        };
+        let len = first.map_or(0, |first| last - first + 1);
+        state.insert(
+            key,
+            Head {
+                last,
+                len,
+                dirty: false,
+            },
+        );
+    }
+    let mut outcomes = Vec::with_capacity(requests.len());
+    let mut rows: Vec<InboxRow<'r>> = Vec::new();
+    let mut edus: Vec<&'r OutboundEdu> = Vec::new();
+    let mut refused: Vec<&'r TxnKey> = Vec::new();
+    for request in requests {
+        let txn = &request.txn;
+        let tuple = txn_tuple(txn);
+        if !fresh.contains(&tuple) {
+            outcomes.push(SendOutcome::Duplicate);
+            continue;
+        }
+        let mut added: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        for m in &request.local {
+            let key = (m.user_id.as_str(), m.device_id.as_str());
+            if state.contains_key(&key) {
+                *added.entry(key).or_default() += 1;
+            }
+        }
+        let full = added
+            .iter()
+            .any(|(key, n)| state.get(key).is_some_and(|h| h.len + n > mailbox_cap));
+        if full {
+            refused.push(txn);
+            outcomes.push(SendOutcome::MailboxFull);
+            continue;
+        }
+        // Used: a later request of this batch with the same key is a duplicate.
+        fresh.remove(&tuple);
+        for message in &request.local {
+            let key = (message.user_id.as_str(), message.device_id.as_str());
+            if let Some(head) = state.get_mut(&key) {
+                head.last += 1;
+                head.len += 1;
+                head.dirty = true;
+                rows.push(InboxRow {
+                    pos: head.last,
+                    message,
+                });
+            }
+        }
+        edus.extend(request.remote.iter());
+        outcomes.push(SendOutcome::Committed(
+            added
+                .keys()
+                .map(|(u, d)| ((*u).to_owned(), (*d).to_owned()))
+                .collect(),
+        ));
+    }
+    // A refused key is removed again unless it was already removed (an earlier refusal) or a
+    // later request of the batch used it.
+    refused.retain(|txn| fresh.remove(&txn_tuple(txn)));
+    let mut advanced: Vec<(&'r str, &'r str, i64)> = Vec::new();
+    for &(user_id, device_id) in recipients {
+        if let Some(head) = state.get(&(user_id, device_id)).filter(|h| h.dirty) {
+            advanced.push((user_id, device_id, head.last));
+        }
+    }
+    Plan {
+        outcomes,
+        rows,
+        edus,
+        refused,
+        advanced,
+    }
+}
+
+/// Appends `(VALUES (?first, ..), ..)` with `rows` rows of `width` numbered parameters to
+/// `sql` and returns the next free parameter number.
+fn push_values(sql: &mut String, width: usize, rows: usize, first: usize) -> usize {
+    let mut n = first;
+    sql.push_str("(VALUES ");
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..width {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('?');
+            sql.push_str(&n.to_string());
+            n += 1;
+        }
+        sql.push(')');
+    }
+    sql.push(')');
+    n
+}
+
+/// [`Store::commit_sends`] on SQLite in two commands to the writer's worker thread (each
+/// command is a round trip between the async runtime and that thread):
+///
+/// 1. `BEGIN IMMEDIATE`, read the queue heads, record the transaction keys;
+/// 2. insert the messages, store the new heads, `COMMIT`.
+///
+/// The transaction is begun and committed by these statements themselves, outside sqlx's
+/// transaction manager ([`super::connect::SqliteWriter::begin_raw`] makes sure a transaction
+/// left open by an error or a cancellation is rolled back before the writer is used again).
+/// Rarely needed extra statements (removing refused transaction keys, queueing EDUs, more
+/// than [`SQLITE_CHUNK`] messages) run in between. Callers answer only after the second
+/// command returned: its `COMMIT` succeeded.
+///
+/// Relies on the SQLite driver running every statement of a multi-statement query with one
+/// shared, numbered (`?N`) argument list.
+async fn sqlite_commit_sends(
+    writer: &super::connect::SqliteWriter,
+    requests: &[SendRequest],
+    recipients: &[(&str, &str)],
+    keys: &[&TxnKey],
+    mailbox_cap: i64,
+    now: Millis,
+) -> StoreResult<Vec<SendOutcome>> {
+    let mut guard = writer.lock().await?;
+    let conn: &mut sqlx::SqliteConnection = &mut guard;
+    writer.begin_raw(conn).await?;
+    match sqlite_commit_sends_in(conn, requests, recipients, keys, mailbox_cap, now).await {
+        Ok(outcomes) => {
+            writer.raw_finished();
+            Ok(outcomes)
+        }
+        Err(e) => {
+            if let StoreError::Database(db) = &e {
+                writer.note_error(db);
+            }
+            // On failure the writer stays marked and the next user rolls back instead.
+            let _ = writer.rollback_raw(conn).await;
+            Err(e)
+        }
+    }
+}
+
+/// The statements of [`sqlite_commit_sends`].
+async fn sqlite_commit_sends_in(
+    conn: &mut sqlx::SqliteConnection,
+    requests: &[SendRequest],
+    recipients: &[(&str, &str)],
+    keys: &[&TxnKey],
+    mailbox_cap: i64,
+    now: Millis,
+) -> StoreResult<Vec<SendOutcome>> {
+    // 1. BEGIN IMMEDIATE; heads (kind 0); fresh keys (kind 1). `?1` is `now`.
+    let head_rows = SQLITE_CLASSES
+        .get(class_index(recipients.len()))
+        .copied()
+        .unwrap_or(SQLITE_CHUNK);
+    let key_rows = SQLITE_CLASSES
+        .get(class_index(keys.len()))
+        .copied()
+        .unwrap_or(SQLITE_CHUNK);
+    let mut sql = String::with_capacity(256 + (head_rows * 3 + key_rows * 4) * 7);
+    let mut next = 2;
+    sql.push_str("BEGIN IMMEDIATE; ");
+    if !recipients.is_empty() {
+        sql.push_str(
+            "SELECT 0, v.column1, d.inbox_last_pos, (SELECT MIN(i.pos) FROM to_device_inbox i \
+             WHERE i.user_id = d.user_id AND i.device_id = d.device_id) FROM ",
+        );
+        next = push_values(&mut sql, 3, head_rows, next);
+        sql.push_str(" AS v JOIN devices d ON d.user_id = v.column2 AND d.device_id = v.column3; ");
+    }
+    sql.push_str(
+        "INSERT INTO txn_ids (user_id, device_id, endpoint, txn_id, created_ts) \
+         SELECT column1, column2, column3, column4, ?1 FROM ",
+    );
+    push_values(&mut sql, 4, key_rows, next);
+    sql.push_str(
+        " WHERE column1 IS NOT NULL \
+         ON CONFLICT (user_id, device_id, endpoint, txn_id) DO NOTHING \
+         RETURNING 1, user_id, device_id, endpoint, txn_id",
+    );
+    let mut query = sqlx::query(&sql).bind(now);
+    if !recipients.is_empty() {
+        for (i, &(user_id, device_id)) in recipients.iter().enumerate() {
+            query = query
+                .bind(i64::try_from(i).unwrap_or(i64::MAX))
+                .bind(user_id)
+                .bind(device_id);
+        }
+        for _ in recipients.len()..head_rows {
+            query = query
+                .bind(None::<i64>)
+                .bind(None::<&str>)
+                .bind(None::<&str>);
+        }
+    }
+    for key in keys {
+        query = query
+            .bind(key.user_id.as_str())
+            .bind(key.device_id.as_str())
+            .bind(key.endpoint.as_str())
+            .bind(key.txn_id.as_str());
+    }
+    for _ in keys.len()..key_rows {
+        query = query
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind(None::<&str>);
+    }
+    let mut heads = Vec::with_capacity(recipients.len());
+    let mut fresh = HashSet::with_capacity(keys.len());
+    for row in query.fetch_all(&mut *conn).await? {
+        if row.try_get::<i64, _>(0)? == 0 {
+            let Ok(index) = usize::try_from(row.try_get::<i64, _>(1)?) else {
+                continue;
+            };
+            heads.push((index, row.try_get(2)?, row.try_get(3)?));
+        } else {
+            fresh.insert((
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+                row.try_get(4)?,
+            ));
+        }
+    }
+    let plan = plan_batch(requests, recipients, heads, fresh, mailbox_cap);
+
+    // Rare extras, each its own statement.
+    for txn in &plan.refused {
+        sqlx::query(
+            "DELETE FROM txn_ids WHERE user_id = $1 AND device_id = $2 \
+             AND endpoint = $3 AND txn_id = $4",
+        )
+        .bind(&txn.user_id)
+        .bind(&txn.device_id)
+        .bind(&txn.endpoint)
+        .bind(&txn.txn_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let tx = &mut *conn;
+    super::federation::enqueue_edus!(tx, plan.edus, now);
+    // All but the last chunk of messages (more than SQLITE_CHUNK rows).
+    let last_chunk = plan.rows.len().saturating_sub(1) / SQLITE_CHUNK * SQLITE_CHUNK;
+    let (early, rows) = plan.rows.split_at(last_chunk);
+    MailboxOps::insert_inbox(&mut *conn, early, now).await?;
+    let (advanced, early_heads) = if plan.advanced.len() <= SQLITE_CHUNK {
+        (plan.advanced.as_slice(), &[][..])
+    } else {
+        (&[][..], plan.advanced.as_slice())
+    };
+    MailboxOps::store_heads(&mut *conn, early_heads).await?;
+
+    // 2. messages; heads; COMMIT. `?1` is `now`.
+    let mut sql = String::with_capacity(64 + (rows.len() * 6 + advanced.len() * 3) * 8);
+    let mut next = 2;
+    let row_class = SQLITE_CLASSES
+        .get(class_index(rows.len()))
+        .copied()
+        .unwrap_or(SQLITE_CHUNK);
+    let head_class = SQLITE_CLASSES
+        .get(class_index(advanced.len()))
+        .copied()
+        .unwrap_or(SQLITE_CHUNK);
+    if !rows.is_empty() {
+        sql.push_str(
+            "INSERT INTO to_device_inbox \
+             (user_id, device_id, pos, sender, event_type, content, created_ts) \
+             SELECT column1, column2, column3, column4, column5, column6, ?1 FROM ",
+        );
+        next = push_values(&mut sql, 6, row_class, next);
+        sql.push_str(" WHERE column1 IS NOT NULL; ");
+    }
+    if !advanced.is_empty() {
+        sql.push_str("UPDATE devices SET inbox_last_pos = v.column3 FROM ");
+        push_values(&mut sql, 3, head_class, next);
+        sql.push_str(" AS v WHERE devices.user_id = v.column1 AND devices.device_id = v.column2; ");
+    }
+    sql.push_str("COMMIT");
+    let mut query = sqlx::query(&sql).bind(now);
+    if !rows.is_empty() {
+        for row in rows {
+            query = query
+                .bind(row.message.user_id.as_str())
+                .bind(row.message.device_id.as_str())
+                .bind(row.pos)
+                .bind(row.message.sender.as_str())
+                .bind(row.message.event_type.as_str())
+                .bind(row.message.content.as_str());
+        }
+        for _ in rows.len()..row_class {
+            query = query
+                .bind(None::<&str>)
+                .bind(None::<&str>)
+                .bind(None::<i64>)
+                .bind(None::<&str>)
+                .bind(None::<&str>)
+                .bind(None::<&str>);
+        }
+    }
+    if !advanced.is_empty() {
+        for &(user_id, device_id, last) in advanced {
+            query = query.bind(user_id).bind(device_id).bind(last);
+        }
+        for _ in advanced.len()..head_class {
+            query = query
+                .bind(None::<&str>)
+                .bind(None::<&str>)
+                .bind(None::<i64>);
+        }
+    }
+    query.execute(&mut *conn).await?;
+    Ok(plan.outcomes)
+}
+
+/// SQLite: everything [`Store::sync_reads`] reads, as ONE statement (one snapshot and one
+/// round trip to the reader's worker thread instead of five). Each row says what it is in
+/// `kind`: 0 a queued message, 1 the device-list position, 2 a message at or before `after`
+/// (acknowledgement due), 3 a one-time key count, 4 an unused fallback key algorithm.
+const SQLITE_SYNC_READS: &str = "\
+    SELECT 0 AS kind, pos AS n, sender AS a, event_type AS b, content AS c FROM \
+      (SELECT pos, sender, event_type, content FROM to_device_inbox \
+       WHERE user_id = $1 AND device_id = $2 AND pos > $3 ORDER BY pos LIMIT $4) \
+    UNION ALL SELECT 1, value, NULL, NULL, NULL FROM stream_counters WHERE name = 'device_list' \
+    UNION ALL SELECT 2, pos, NULL, NULL, NULL FROM \
+      (SELECT pos FROM to_device_inbox WHERE user_id = $1 AND device_id = $2 AND pos <= $3 \
+       LIMIT 1) \
+    UNION ALL SELECT 3, COUNT(*), algorithm, NULL, NULL FROM one_time_keys \
+      WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm \
+    UNION ALL SELECT 4, 0, algorithm, NULL, NULL FROM fallback_keys \
+      WHERE user_id = $1 AND device_id = $2 AND used = FALSE";
+
+/// [`Store::sync_reads`] on SQLite (see [`SQLITE_SYNC_READS`]).
+async fn sqlite_sync_reads(
+    reader: &sqlx::SqlitePool,
+    user_id: &str,
+    device_id: &str,
+    after: i64,
+    limit: i64,
+) -> StoreResult<SyncReads> {
+    let rows = sqlx::query(SQLITE_SYNC_READS)
+        .bind(user_id)
+        .bind(device_id)
+        .bind(after)
+        .bind(limit.max(0))
+        .fetch_all(reader)
+        .await?;
+    let mut reads = SyncReads {
+        device_list_pos: 0,
+        unacknowledged: false,
+        events: Vec::with_capacity(rows.len()),
+        one_time_key_counts: BTreeMap::new(),
+        unused_fallback_key_types: Vec::new(),
+    };
+    let mut device_list_pos = None;
+    for row in &rows {
+        let kind: i64 = row.try_get(0)?;
+        let n: i64 = row.try_get(1)?;
+        let a: Option<String> = row.try_get(2)?;
+        match (kind, a) {
+            (0, Some(sender)) => reads.events.push(InboxEvent {
+                pos: n,
+                sender,
+                event_type: row.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
+                content: row.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
+            }),
+            (1, _) => device_list_pos = Some(n),
+            (2, _) => reads.unacknowledged = true,
+            (3, Some(algorithm)) => {
+                reads.one_time_key_counts.insert(algorithm, n);
+            }
+            (4, Some(algorithm)) => reads.unused_fallback_key_types.push(algorithm),
+            _ => {}
+        }
+    }
+    // The order of a compound SELECT's rows is not guaranteed across its parts.
+    reads.events.sort_by_key(|e| e.pos);
+    reads.unused_fallback_key_types.sort();
+    reads.device_list_pos = device_list_pos.ok_or(sqlx::Error::RowNotFound)?;
+    Ok(reads)
+}
+
 impl Store {
     // ---- to-device mailboxes ---------------------------------------------------------------------------
     /// Commits a batch of sendToDevice requests in ONE transaction (group commit: the mailbox
@@ -453,86 +919,23 @@ impl Store {
             .flat_map(|r| r.local.iter())
             .map(|m| (m.user_id.as_str(), m.device_id.as_str()))
             .collect();
+        let recipients: Vec<(&str, &str)> = recipients.into_iter().collect();
+        // Idempotency: every distinct transaction key of the batch is recorded with one
+        // statement; the ones it reports as new may be used by one request each.
+        let mut keys: Vec<&TxnKey> = requests.iter().map(|r| &r.txn).collect();
+        keys.sort_by(|a, b| txn_order(a).cmp(&txn_order(b)));
+        keys.dedup();
+        if let super::Backend::Sqlite { writer, .. } = &self.backend {
+            if recipients.len() <= SQLITE_CHUNK && keys.len() <= SQLITE_CHUNK {
+                return sqlite_commit_sends(writer, requests, &recipients, &keys, mailbox_cap, now)
+                    .await;
+            }
+        }
         with_tx!(self, |tx, pg| {
-            let recipients: Vec<(&str, &str)> = recipients.into_iter().collect();
-            let mut heads: HashMap<(&str, &str), Head> = HashMap::new();
-            for (i, last, first) in MailboxOps::load_heads(&mut *tx, &recipients).await? {
-                let Some(&key) = recipients.get(i) else {
-                    continue;
-                };
-                let len = first.map_or(0, |first| last - first + 1);
-                heads.insert(
-                    key,
-                    Head {
-                        last,
-                        len,
-                        dirty: false,
-                    },
-                );
-            }
-
-            // Idempotency: record every distinct transaction key of the batch with one
-            // statement; the ones it reports as new may be used by one request each.
-            let mut keys: Vec<&TxnKey> = requests.iter().map(|r| &r.txn).collect();
-            keys.sort_by(|a, b| txn_order(a).cmp(&txn_order(b)));
-            keys.dedup();
-            let mut fresh = MailboxOps::record_txns(&mut *tx, &keys, now).await?;
-
-            let mut outcomes = Vec::with_capacity(requests.len());
-            let mut rows: Vec<InboxRow<'_>> = Vec::new();
-            let mut edus: Vec<&OutboundEdu> = Vec::new();
-            // Recorded keys whose request was refused (mailbox full): removed again below,
-            // unless a later request of the batch with the same key commits.
-            let mut refused: Vec<&TxnKey> = Vec::new();
-            for request in requests {
-                let txn = &request.txn;
-                let tuple = txn_tuple(txn);
-                if !fresh.contains(&tuple) {
-                    outcomes.push(SendOutcome::Duplicate);
-                    continue;
-                }
-                let mut added: BTreeMap<(&str, &str), i64> = BTreeMap::new();
-                for m in &request.local {
-                    let key = (m.user_id.as_str(), m.device_id.as_str());
-                    if heads.contains_key(&key) {
-                        *added.entry(key).or_default() += 1;
-                    }
-                }
-                let full = added
-                    .iter()
-                    .any(|(key, n)| heads.get(key).is_some_and(|h| h.len + n > mailbox_cap));
-                if full {
-                    refused.push(txn);
-                    outcomes.push(SendOutcome::MailboxFull);
-                    continue;
-                }
-                // Used: a later request of this batch with the same key is a duplicate.
-                fresh.remove(&tuple);
-                for message in &request.local {
-                    let key = (message.user_id.as_str(), message.device_id.as_str());
-                    if let Some(head) = heads.get_mut(&key) {
-                        head.last += 1;
-                        head.len += 1;
-                        head.dirty = true;
-                        rows.push(InboxRow {
-                            pos: head.last,
-                            message,
-                        });
-                    }
-                }
-                edus.extend(request.remote.iter());
-                outcomes.push(SendOutcome::Committed(
-                    added
-                        .keys()
-                        .map(|(u, d)| ((*u).to_owned(), (*d).to_owned()))
-                        .collect(),
-                ));
-            }
-
-            for txn in refused {
-                if !fresh.remove(&txn_tuple(txn)) {
-                    continue; // already removed, or used by a later request
-                }
+            let heads = MailboxOps::load_heads(&mut *tx, &recipients).await?;
+            let fresh = MailboxOps::record_txns(&mut *tx, &keys, now).await?;
+            let plan = plan_batch(requests, &recipients, heads, fresh, mailbox_cap);
+            for txn in &plan.refused {
                 sqlx::query(
                     "DELETE FROM txn_ids WHERE user_id = $1 AND device_id = $2 \
                      AND endpoint = $3 AND txn_id = $4",
@@ -544,21 +947,17 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            MailboxOps::insert_inbox(&mut *tx, &rows, now).await?;
-            let woken: Vec<String> = heads
-                .iter()
-                .filter(|(_, h)| h.dirty)
-                .map(|((user_id, device_id), _)| wake_payload(user_id, device_id))
-                .collect();
+            MailboxOps::insert_inbox(&mut *tx, &plan.rows, now).await?;
+            // One notification for the whole batch (a few for a very long device list).
+            let woken = wake_payloads(
+                plan.advanced
+                    .iter()
+                    .map(|&(user_id, device_id, _)| (user_id, device_id)),
+            );
             WakeOnCommit::wake_on_commit(&mut *tx, &woken).await?;
-            let advanced: Vec<(&str, &str, i64)> = heads
-                .iter()
-                .filter(|(_, h)| h.dirty)
-                .map(|(&(user_id, device_id), h)| (user_id, device_id, h.last))
-                .collect();
-            MailboxOps::store_heads(&mut *tx, &advanced).await?;
-            super::federation::enqueue_edus!(tx, edus, now);
-            outcomes
+            MailboxOps::store_heads(&mut *tx, &plan.advanced).await?;
+            super::federation::enqueue_edus!(tx, plan.edus, now);
+            plan.outcomes
         })
     }
 
@@ -612,8 +1011,7 @@ impl Store {
         })
     }
 
-    /// Everything one `/sync` answer reads, on ONE pooled connection (one acquire instead of
-    /// one per statement), in this order: the device-list stream position, whether messages at
+    /// Everything one `/sync` answer reads, in one statement on either backend (one snapshot): the device-list stream position, whether messages at
     /// or before `after` are still queued (an acknowledgement to apply with
     /// [`Store::ack_inbox`]), up to `limit` messages after `after`, the unclaimed one-time key
     /// counts and the unused fallback key algorithms.
@@ -624,72 +1022,25 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> StoreResult<SyncReads> {
-        with_pools!(self, |r, pg| {
-            let mut conn = r.acquire().await?;
-            let device_list_pos: i64 =
-                sqlx::query_scalar("SELECT value FROM stream_counters WHERE name = 'device_list'")
-                    .fetch_one(&mut *conn)
-                    .await?;
-            let stale: Option<i64> = sqlx::query_scalar(
-                "SELECT pos FROM to_device_inbox WHERE user_id = $1 AND device_id = $2 \
-                 AND pos <= $3 LIMIT 1",
-            )
-            .bind(user_id)
-            .bind(device_id)
-            .bind(after)
-            .fetch_optional(&mut *conn)
-            .await?;
-            let rows = sqlx::query(
-                "SELECT pos, sender, event_type, content FROM to_device_inbox \
-                 WHERE user_id = $1 AND device_id = $2 AND pos > $3 ORDER BY pos LIMIT $4",
-            )
-            .bind(user_id)
-            .bind(device_id)
-            .bind(after)
-            .bind(limit.max(0))
-            .fetch_all(&mut *conn)
-            .await?;
-            let mut events = Vec::with_capacity(rows.len());
-            for row in &rows {
-                events.push(InboxEvent {
-                    pos: row.try_get("pos")?,
-                    sender: row.try_get("sender")?,
-                    event_type: row.try_get("event_type")?,
-                    content: row.try_get("content")?,
-                });
+        match &self.backend {
+            super::Backend::Sqlite { reader, .. } => {
+                sqlite_sync_reads(reader, user_id, device_id, after, limit).await
             }
-            let rows = sqlx::query(
-                "SELECT algorithm, COUNT(*) AS n FROM one_time_keys \
-                 WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm",
-            )
-            .bind(user_id)
-            .bind(device_id)
-            .fetch_all(&mut *conn)
-            .await?;
-            let mut one_time_key_counts = BTreeMap::new();
-            for row in &rows {
-                one_time_key_counts.insert(row.try_get("algorithm")?, row.try_get("n")?);
+            super::Backend::Postgres(pool) => {
+                pg_sync_reads(pool, user_id, device_id, after, limit).await
             }
-            let unused_fallback_key_types = sqlx::query_scalar(
-                "SELECT algorithm FROM fallback_keys \
-                 WHERE user_id = $1 AND device_id = $2 AND used = FALSE ORDER BY algorithm",
-            )
-            .bind(user_id)
-            .bind(device_id)
-            .fetch_all(&mut *conn)
-            .await?;
-            Ok(SyncReads {
-                device_list_pos,
-                unacknowledged: stale.is_some(),
-                events,
-                one_time_key_counts,
-                unused_fallback_key_types,
-            })
-        })
+        }
     }
 
     /// Deletes the device's messages at or before `pos` (an acknowledgement).
+    ///
+    /// On PostgreSQL concurrent acknowledgements of this process are committed together (one
+    /// statement and one commit for the group, see [`AckGroup`]); the call returns once its
+    /// group committed.
     pub async fn ack_inbox(&self, user_id: &str, device_id: &str, pos: i64) -> StoreResult<()> {
+        if let super::Backend::Postgres(pool) = &self.backend {
+            return self.acks.ack(pool, user_id, device_id, pos).await;
+        }
         with_writer!(self, |w, pg| {
             sqlx::query(
                 "DELETE FROM to_device_inbox WHERE user_id = $1 AND device_id = $2 AND pos <= $3",
@@ -743,4 +1094,175 @@ impl Store {
             Ok(found.is_some())
         })
     }
+}
+
+/// PostgreSQL: everything [`Store::sync_reads`] reads, in ONE statement (one round trip and
+/// one snapshot instead of five statements).
+async fn pg_sync_reads(
+    pool: &sqlx::PgPool,
+    user_id: &str,
+    device_id: &str,
+    after: i64,
+    limit: i64,
+) -> StoreResult<SyncReads> {
+    let row = sqlx::query(
+        "WITH m AS (SELECT pos, sender, event_type, content FROM to_device_inbox \
+             WHERE user_id = $1 AND device_id = $2 AND pos > $3 ORDER BY pos LIMIT $4), \
+         k AS (SELECT algorithm, COUNT(*) AS n FROM one_time_keys \
+             WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm) \
+         SELECT (SELECT value FROM stream_counters WHERE name = 'device_list') AS device_list_pos, \
+         EXISTS (SELECT 1 FROM to_device_inbox \
+             WHERE user_id = $1 AND device_id = $2 AND pos <= $3) AS stale, \
+         (SELECT array_agg(pos ORDER BY pos) FROM m) AS positions, \
+         (SELECT array_agg(sender ORDER BY pos) FROM m) AS senders, \
+         (SELECT array_agg(event_type ORDER BY pos) FROM m) AS types, \
+         (SELECT array_agg(content ORDER BY pos) FROM m) AS contents, \
+         (SELECT array_agg(algorithm ORDER BY algorithm) FROM k) AS algorithms, \
+         (SELECT array_agg(n ORDER BY algorithm) FROM k) AS counts, \
+         (SELECT array_agg(algorithm ORDER BY algorithm) FROM fallback_keys \
+             WHERE user_id = $1 AND device_id = $2 AND used = FALSE) AS fallback",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(after)
+    .bind(limit.max(0))
+    .fetch_one(pool)
+    .await?;
+    let positions: Vec<i64> = row
+        .try_get::<Option<_>, _>("positions")?
+        .unwrap_or_default();
+    let senders: Vec<String> = row.try_get::<Option<_>, _>("senders")?.unwrap_or_default();
+    let types: Vec<String> = row.try_get::<Option<_>, _>("types")?.unwrap_or_default();
+    let contents: Vec<String> = row.try_get::<Option<_>, _>("contents")?.unwrap_or_default();
+    let events = positions
+        .into_iter()
+        .zip(senders)
+        .zip(types)
+        .zip(contents)
+        .map(|(((pos, sender), event_type), content)| InboxEvent {
+            pos,
+            sender,
+            event_type,
+            content,
+        })
+        .collect();
+    let algorithms: Vec<String> = row
+        .try_get::<Option<_>, _>("algorithms")?
+        .unwrap_or_default();
+    let counts: Vec<i64> = row.try_get::<Option<_>, _>("counts")?.unwrap_or_default();
+    Ok(SyncReads {
+        device_list_pos: row.try_get("device_list_pos")?,
+        unacknowledged: row.try_get("stale")?,
+        events,
+        one_time_key_counts: algorithms.into_iter().zip(counts).collect(),
+        unused_fallback_key_types: row.try_get::<Option<_>, _>("fallback")?.unwrap_or_default(),
+    })
+}
+
+/// One queued acknowledgement: delete `(user_id, device_id)`'s messages up to `pos`.
+struct AckJob {
+    user_id: String,
+    device_id: String,
+    pos: i64,
+    reply: oneshot::Sender<StoreResult<()>>,
+}
+
+/// Group commit of acknowledgements on PostgreSQL.
+///
+/// Every delivered message is acknowledged by the recipient's next `/sync`, so under load
+/// there is one acknowledgement per message; alone, each would be its own transaction with its
+/// own WAL flush. The caller that finds no group committing becomes the leader: it takes every
+/// queued acknowledgement and deletes them with one statement over arrays, in a spawned task (a
+/// cancelled caller cannot abort the others'); the ones that queued meanwhile are taken by the
+/// next leader. If a group fails, each of its acknowledgements is retried alone, so one
+/// caller's error never becomes another's.
+#[derive(Default)]
+pub(super) struct AckGroup {
+    queue: std::sync::Mutex<Vec<AckJob>>,
+    leader: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl AckGroup {
+    /// Queues one acknowledgement and waits until its group committed.
+    async fn ack(
+        &self,
+        pool: &sqlx::PgPool,
+        user_id: &str,
+        device_id: &str,
+        pos: i64,
+    ) -> StoreResult<()> {
+        let (reply, mut answer) = oneshot::channel();
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(AckJob {
+                user_id: user_id.to_owned(),
+                device_id: device_id.to_owned(),
+                pos,
+                reply,
+            });
+        let leader = self.leader.clone().lock_owned().await;
+        match answer.try_recv() {
+            Ok(result) => return result, // committed by the previous leader
+            Err(oneshot::error::TryRecvError::Closed) => return Err(lost_ack()),
+            Err(oneshot::error::TryRecvError::Empty) => {}
+        }
+        let jobs = std::mem::take(
+            &mut *self
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let _leader = leader;
+            commit_ack_group(&pool, jobs).await;
+        });
+        answer.await.unwrap_or_else(|_| Err(lost_ack()))
+    }
+}
+
+/// Deletes the acknowledged messages of `jobs` with one statement and answers each; on failure
+/// retries each alone.
+async fn commit_ack_group(pool: &sqlx::PgPool, jobs: Vec<AckJob>) {
+    if jobs.len() > 1 {
+        match delete_acked(pool, &jobs).await {
+            Ok(()) => {
+                for job in jobs {
+                    let _ = job.reply.send(Ok(()));
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "acknowledgement group failed; retrying one by one")
+            }
+        }
+    }
+    for job in jobs {
+        let result = delete_acked(pool, std::slice::from_ref(&job)).await;
+        let _ = job.reply.send(result);
+    }
+}
+
+/// `DELETE` of every job's messages at or before its position, as one statement.
+async fn delete_acked(pool: &sqlx::PgPool, jobs: &[AckJob]) -> StoreResult<()> {
+    let users: Vec<&str> = jobs.iter().map(|j| j.user_id.as_str()).collect();
+    let devices: Vec<&str> = jobs.iter().map(|j| j.device_id.as_str()).collect();
+    let positions: Vec<i64> = jobs.iter().map(|j| j.pos).collect();
+    sqlx::query(
+        "DELETE FROM to_device_inbox i \
+         USING UNNEST($1::text[], $2::text[], $3::bigint[]) AS x(u, d, p) \
+         WHERE i.user_id = x.u AND i.device_id = x.d AND i.pos <= x.p",
+    )
+    .bind(users)
+    .bind(devices)
+    .bind(positions)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The error of an acknowledgement whose group commit task went away without answering.
+fn lost_ack() -> super::StoreError {
+    super::StoreError::Database(sqlx::Error::WorkerCrashed)
 }

@@ -251,6 +251,8 @@ pub struct Store {
     tokens: std::sync::Arc<token_cache::TokenCache>,
     /// The group commit of one-time key claims (see [`Store::claim_keys`]).
     claims: std::sync::Arc<keys::ClaimGroup>,
+    /// The group commit of mailbox acknowledgements on PostgreSQL (see [`Store::ack_inbox`]).
+    acks: std::sync::Arc<mailbox::AckGroup>,
 }
 
 /// The concrete connections of one backend.

@@ -13,14 +13,12 @@
 //!   of the binary (no ops middleware; "kill -9" drops its runtime). The default is the binary.
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use sqlx::Connection;
 
 /// Which database the server runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,16 +48,11 @@ macro_rules! both_backends {
     };
 }
 
-/// The PostgreSQL maintenance URL (override with `HUSH_TEST_PG_URL`).
-pub fn pg_admin_url() -> String {
-    std::env::var("HUSH_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// A database created for one test.
+/// A database created for one test: SQLite in the server's directory, or a fresh PostgreSQL
+/// database dropped with this value.
 struct Database {
     url: String,
-    pg_name: Option<String>,
+    _pg: Option<hush_testkit::pg::PgTestDb>,
 }
 
 impl Database {
@@ -67,51 +60,16 @@ impl Database {
         match backend {
             Backend::Sqlite => Database {
                 url: format!("sqlite://{}", dir.join("hushd.db").display()),
-                pg_name: None,
+                _pg: None,
             },
             Backend::Postgres => {
-                let admin = pg_admin_url();
-                let name = format!("hush_test_{:016x}", rand::random::<u64>());
-                let mut conn = sqlx::PgConnection::connect(&admin)
-                    .await
-                    .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required: {e}"));
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&mut conn)
-                    .await
-                    .expect("create test database");
-                let _ = conn.close().await;
-                let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+                let db = hush_testkit::pg::PgTestDb::create("api").await;
                 Database {
-                    url: format!("{base}/{name}"),
-                    pg_name: Some(name),
+                    url: db.url.clone(),
+                    _pg: Some(db),
                 }
             }
         }
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let Some(name) = self.pg_name.take() else {
-            return;
-        };
-        // Drop can run inside a runtime or while unwinding: use a private runtime on a thread.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
-                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                    let _ = sqlx::query(&sql).execute(&mut conn).await;
-                    let _ = conn.close().await;
-                }
-            });
-        })
-        .join();
     }
 }
 
@@ -151,11 +109,6 @@ pub struct TestServer {
     dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
-}
-
 impl TestServer {
     /// Starts a server with default options (open registration).
     pub async fn start(backend: Backend) -> TestServer {
@@ -166,7 +119,7 @@ impl TestServer {
     pub async fn start_with(backend: Backend, options: Options) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = Database::create(backend, dir.path()).await;
-        let port = free_port();
+        let port = hush_testkit::net::free_port("127.0.0.1");
         let server_name = format!("127.0.0.1:{port}");
         let config = format!(
             "server_name = \"{server_name}\"\n\

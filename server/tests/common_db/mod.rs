@@ -1,9 +1,10 @@
 //! Fresh databases for integration tests, shared by every test binary of `hush-server`
 //! (`mod common_db;`).
 //!
-//! * [`PgTestDb::create`] makes a PostgreSQL database `hush_test_<random>` on the server named by
-//!   `HUSH_TEST_PG_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) and drops it
-//!   (terminating leftover connections) when the value is dropped, also when the test panics.
+//! * [`PgTestDb`] (from `hush-testkit`) is a fresh PostgreSQL database `hush_store_<pid>_<random>`
+//!   on the server named by `HUSH_TEST_PG_URL` (default
+//!   `postgres://postgres@127.0.0.1:5432/postgres`), dropped (terminating leftover connections)
+//!   when the value is dropped, also when the test panics.
 //! * [`SqliteTestDb::create`] makes a temporary directory with a `sqlite://` URL in it.
 //! * [`run_store_test`] runs one async test body against a connected [`Store`] on a fresh
 //!   database of either backend.
@@ -12,72 +13,8 @@
 use std::future::Future;
 
 use hush_server::store::Store;
-use sqlx::Connection;
 
-/// Maintenance database URL used to create and drop test databases.
-pub fn pg_admin_url() -> String {
-    std::env::var("HUSH_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// A fresh PostgreSQL database, dropped on `Drop`.
-pub struct PgTestDb {
-    /// Connection URL of the new database.
-    pub url: String,
-    name: String,
-    admin_url: String,
-}
-
-impl PgTestDb {
-    /// Creates `hush_test_<random>`. Panics with a clear message when PostgreSQL is unreachable:
-    /// the suite requires it (`.ci/run` starts it).
-    pub async fn create() -> PgTestDb {
-        let admin_url = pg_admin_url();
-        let name = format!("hush_test_{:016x}", rand::random::<u64>());
-        let mut conn = match sqlx::PgConnection::connect(&admin_url).await {
-            Ok(conn) => conn,
-            Err(e) => panic!("PostgreSQL at {admin_url} is required for this test: {e}"),
-        };
-        if let Err(e) = sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-        {
-            panic!("cannot create test database {name}: {e}");
-        }
-        let _ = conn.close().await;
-        let base = admin_url
-            .rsplit_once('/')
-            .map_or(admin_url.as_str(), |(base, _)| base);
-        PgTestDb {
-            url: format!("{base}/{name}"),
-            name,
-            admin_url,
-        }
-    }
-}
-
-impl Drop for PgTestDb {
-    fn drop(&mut self) {
-        let admin_url = self.admin_url.clone();
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        // Drop may run inside a runtime (or while unwinding), so use a private one on a thread.
-        let handle = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(&sql).execute(&mut conn).await;
-                    let _ = conn.close().await;
-                }
-            });
-        });
-        let _ = handle.join();
-    }
-}
+pub use hush_testkit::pg::PgTestDb;
 
 /// A fresh SQLite database file in a temporary directory (removed on `Drop`).
 pub struct SqliteTestDb {
@@ -111,7 +48,7 @@ impl TestDb {
     /// Creates a fresh database: PostgreSQL when `postgres`, else SQLite.
     pub async fn create(postgres: bool) -> TestDb {
         if postgres {
-            TestDb::Postgres(PgTestDb::create().await)
+            TestDb::Postgres(PgTestDb::create("store").await)
         } else {
             TestDb::Sqlite(SqliteTestDb::create())
         }
@@ -129,7 +66,7 @@ impl TestDb {
 /// A fresh PostgreSQL database URL for tests that start `hushd` processes; keep the returned
 /// guard alive as long as the database is used (it drops the database).
 pub async fn fresh_postgres_url() -> (String, PgTestDb) {
-    let db = PgTestDb::create().await;
+    let db = PgTestDb::create("store").await;
     (db.url.clone(), db)
 }
 

@@ -8,74 +8,14 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
 use serde_json::{json, Value};
 
-/// The test certificate authority.
-pub struct TestCa {
-    dir: tempfile::TempDir,
-    cert: rcgen::Certificate,
-    key: KeyPair,
-    /// PEM file of the CA certificate.
-    pub pem_path: PathBuf,
-}
-
-impl TestCa {
-    /// A new CA in a temporary directory.
-    pub fn new() -> TestCa {
-        let dir = tempfile::tempdir().unwrap();
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Hush federation test CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key).unwrap();
-        let pem_path = dir.path().join("ca.pem");
-        std::fs::write(&pem_path, cert.pem()).unwrap();
-        TestCa {
-            dir,
-            cert,
-            key,
-            pem_path,
-        }
-    }
-
-    /// Issues a server certificate for `ip`; returns `(cert path, key path)` in `out`.
-    pub fn issue(&self, ip: &str, out: &Path) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![ip.to_owned()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, ip);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let cert_path = out.join("tls.crt");
-        let key_path = out.join("tls.key");
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        (cert_path, key_path)
-    }
-
-    /// An HTTPS client that trusts only this CA.
-    pub fn client(&self) -> reqwest::Client {
-        let pem = std::fs::read(&self.pem_path).unwrap();
-        reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap()
-    }
-}
+pub use hush_testkit::ca::TestCa;
+use hush_testkit::net::free_port;
 
 /// Which database a server uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,26 +26,10 @@ pub enum Db {
     Postgres,
 }
 
-/// Creates a uniquely named PostgreSQL database and returns its URL.
+/// Creates a fresh PostgreSQL database and returns its URL. It outlives the test (servers may
+/// still use it while the test ends); the next test process drops it (`hush_testkit::pg`).
 pub async fn fresh_postgres() -> String {
-    use sqlx::Connection;
-    let name = format!("hush_fed_{}_{}", std::process::id(), rand::random::<u32>());
-    let mut conn = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
-        .await
-        .expect("PostgreSQL on 127.0.0.1:5432");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    format!("postgres://postgres@127.0.0.1:5432/{name}")
-}
-
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    hush_testkit::pg::PgTestDb::create("fed").await.persist()
 }
 
 /// A registered user with a logged-in device.

@@ -6,7 +6,6 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,17 +13,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::fed_common::{fresh_postgres, TestCa, TestUser, FAST_FEDERATION};
+use hush_testkit::net::free_port;
 
 /// The loopback address the cluster listens on.
 pub const CLUSTER_IP: &str = "127.0.0.1";
-
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One process of the cluster.
 pub struct Proc {

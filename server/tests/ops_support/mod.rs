@@ -179,74 +179,15 @@ impl Drop for Server {
     }
 }
 
-/// The PostgreSQL server the tests use.
-pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-/// A fresh PostgreSQL database `hush_test_<random>`, dropped when this is dropped.
-pub struct PgDatabase {
-    name: String,
-    /// `postgres://...` URL of the database.
-    pub url: String,
-}
-
-impl PgDatabase {
-    /// Creates the database.
-    pub fn create() -> TestResult<PgDatabase> {
-        let name = format!("hush_test_{}", random_suffix());
-        let sql = format!("CREATE DATABASE {name}");
-        pg_admin(&sql)?;
-        Ok(PgDatabase {
-            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
-            name,
-        })
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let _ = pg_admin(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ));
-    }
-}
-
-/// Runs one statement on the maintenance database (on its own thread and runtime, so it works
-/// from sync and async tests alike).
-fn pg_admin(sql: &str) -> TestResult {
-    let sql = sql.to_owned();
-    std::thread::spawn(move || -> TestResult {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
-            use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(PG_ADMIN_URL).await?;
-            sqlx::query(&sql).execute(&mut conn).await?;
-            conn.close().await?;
-            Ok(())
-        })
-    })
-    .join()
-    .map_err(|_| "postgres admin thread panicked")?
-}
-
-/// Random lowercase letters and digits.
-pub fn random_suffix() -> String {
-    use rand::Rng;
-    rand::thread_rng()
-        .sample_iter(rand::distributions::Alphanumeric)
-        .take(12)
-        .map(|c| char::from(c).to_ascii_lowercase())
-        .collect()
-}
+/// A fresh PostgreSQL database, dropped when this is dropped.
+pub use hush_testkit::pg::PgTestDb as PgDatabase;
 
 /// A database URL for `backend` (`"sqlite"` in `dir`, or a fresh PostgreSQL database).
 pub fn database(backend: &str, dir: &Path) -> TestResult<(String, Option<PgDatabase>)> {
     match backend {
         "sqlite" => Ok((format!("sqlite://{}", dir.join("hushd.db").display()), None)),
         _ => {
-            let db = PgDatabase::create()?;
+            let db = PgDatabase::create_blocking("ops");
             Ok((db.url.clone(), Some(db)))
         }
     }

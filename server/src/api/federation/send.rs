@@ -67,7 +67,11 @@ pub async fn send_transaction(
             Ok(SendOutcome::MailboxFull) => {
                 tracing::warn!(%origin, "dropped a to-device EDU: a recipient's mailbox is full");
             }
-            Err(e @ (MailboxError::ShuttingDown | MailboxError::Commit(_))) => {
+            Err(
+                e @ (MailboxError::ShuttingDown
+                | MailboxError::Commit(_)
+                | MailboxError::Unavailable(_)),
+            ) => {
                 // Not committed: the sender retries the same transaction later.
                 return Err(internal(e));
             }
