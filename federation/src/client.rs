@@ -247,18 +247,29 @@ impl FederationClient {
         path_and_query: &str,
         body: Option<&Value>,
     ) -> Result<Value, FederationError> {
-        let auth = xmatrix::sign_request(
-            &self.key,
-            &self.origin,
-            destination,
-            method.as_str(),
-            path_and_query,
-            body,
-        )?;
+        // The body is serialized once: the canonical bytes sent are also the signed content.
         let body_bytes = body
             .map(to_canonical_bytes)
             .transpose()
             .map_err(SigningError::from)?;
+        let auth = match &body_bytes {
+            Some(bytes) => xmatrix::sign_request_canonical(
+                &self.key,
+                &self.origin,
+                destination,
+                method.as_str(),
+                path_and_query,
+                bytes,
+            )?,
+            None => xmatrix::sign_request(
+                &self.key,
+                &self.origin,
+                destination,
+                method.as_str(),
+                path_and_query,
+                None,
+            )?,
+        };
         self.send(
             destination,
             method,

@@ -5,6 +5,10 @@
 //! Run with `cargo bench -p hush-server --bench federation`. `HUSH_BENCH_REQUESTS` sets the
 //! requests per sender (default 100; each request carries one message for each of the 16
 //! recipients), `HUSH_BENCH_DB=postgres` runs both servers on PostgreSQL.
+//!
+//! Besides the rate it prints the load average before and after (figures taken on a busy
+//! machine are lower bounds) and the CPU time (user + system, from `/proc/PID/stat`) each
+//! `hushd` process spent during the run, per message.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -52,6 +56,8 @@ async fn run() {
     let total = per_recipient * RECIPIENTS;
     println!("federation bench: {SENDERS} senders x {requests} requests x {RECIPIENTS} recipients = {total} messages ({db:?})");
 
+    let load_before = load_average();
+    let cpu_before = [cpu_ticks(&a), cpu_ticks(&b), self_ticks()];
     let start = Instant::now();
     let receivers: Vec<_> = recipients
         .iter()
@@ -91,6 +97,7 @@ async fn run() {
         received += r.await.unwrap();
     }
     let elapsed = start.elapsed();
+    let cpu_after = [cpu_ticks(&a), cpu_ticks(&b), self_ticks()];
     #[allow(clippy::cast_precision_loss)]
     let rate = total as f64 / elapsed.as_secs_f64();
     println!(
@@ -102,6 +109,23 @@ async fn run() {
         elapsed.as_secs_f64()
     );
 
+    println!(
+        "load average before: {load_before}; after: {}",
+        load_average()
+    );
+    for (name, (before, after)) in ["hushd A", "hushd B", "bench clients"]
+        .iter()
+        .zip(cpu_before.iter().zip(cpu_after.iter()))
+    {
+        if let (Some(before), Some(after)) = (before, after) {
+            #[allow(clippy::cast_precision_loss)]
+            let secs = after.saturating_sub(*before) as f64 / CLOCK_TICKS_PER_SEC;
+            #[allow(clippy::cast_precision_loss)]
+            let per_message = secs * 1e6 / total as f64;
+            println!("{name}: {secs:.2} s CPU during the run, {per_message:.1} µs per message");
+        }
+    }
+
     a.stop();
     let log = a.log();
     if let Some(line) = log
@@ -111,6 +135,51 @@ async fn run() {
     {
         println!("A: {line}");
     }
+}
+
+/// `sysconf(_SC_CLK_TCK)` on Linux: the unit of the CPU times in `/proc/PID/stat`.
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+
+/// The first three fields of `/proc/loadavg`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// User + system CPU ticks of the `hushd` process serving `server` (found by its config path
+/// on the command line), if it can be read.
+fn cpu_ticks(server: &TestServer) -> Option<u64> {
+    let config = server.config_path.to_str()?.as_bytes().to_vec();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if !cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == config.as_slice())
+        {
+            continue;
+        }
+        return stat_ticks(&entry.path().join("stat"));
+    }
+    None
+}
+
+/// User + system CPU ticks of this bench process (its HTTP clients).
+fn self_ticks() -> Option<u64> {
+    stat_ticks(std::path::Path::new("/proc/self/stat"))
+}
+
+/// utime + stime of a `/proc/PID/stat` file.
+fn stat_ticks(path: &std::path::Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// The parts of a server the spawned tasks need.

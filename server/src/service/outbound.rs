@@ -588,19 +588,23 @@ impl OutboundSender {
             .map_err(|e| e.to_string())?
             .map(|row| u32::try_from(row.retry_count).unwrap_or(u32::MAX))
             .unwrap_or(0);
+        // Only a transaction stored before this task started (a restart, another process) can
+        // be in flight at first; afterwards every transaction is built and finished here.
+        let mut resumed = store
+            .federation_inflight(destination)
+            .await
+            .map_err(|e| e.to_string())?;
         while !self.stopping() && self.owns(generation) {
-            let txn = match store
-                .federation_inflight(destination)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                Some(txn) => txn,
+            let (txn, body) = match resumed.take() {
+                Some(txn) => {
+                    let body: Value = serde_json::from_str(&txn.body).map_err(|e| e.to_string())?;
+                    (txn, body)
+                }
                 None => match self.next_txn(destination).await? {
-                    Some(txn) => txn,
+                    Some(built) => built,
                     None => return Ok(()),
                 },
             };
-            let body: Value = serde_json::from_str(&txn.body).map_err(|e| e.to_string())?;
             loop {
                 if self.stopping() {
                     return Ok(());
@@ -699,8 +703,9 @@ impl OutboundSender {
         }
     }
 
-    /// Builds the next transaction from the queue and stores it as in flight.
-    async fn next_txn(&self, destination: &str) -> Result<Option<InflightTxn>, String> {
+    /// Builds the next transaction from the queue and stores it as in flight; returns it with
+    /// its body as JSON (kept, so it is not parsed again from the stored text).
+    async fn next_txn(&self, destination: &str) -> Result<Option<(InflightTxn, Value)>, String> {
         let store = &self.inner.store;
         let queued = store
             .outbound_peek(destination, MAX_EDUS_PER_TXN)
@@ -739,7 +744,7 @@ impl OutboundSender {
             .federation_save_inflight(&txn, now)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(Some(txn))
+        Ok(Some((txn, body)))
     }
 }
 

@@ -50,6 +50,40 @@ macro_rules! enqueue_edus {
 }
 pub(super) use enqueue_edus;
 
+/// Most queue IDs bound in one `DELETE ... WHERE id IN (...)` (far below SQLite's limit of
+/// bound parameters).
+pub(super) const DELETE_CHUNK: usize = 500;
+
+/// `DELETE FROM federation_outbound WHERE id IN ($1, ..., $n)` for `n` IDs.
+pub(super) fn delete_ids_sql(n: usize) -> String {
+    let mut sql = String::from("DELETE FROM federation_outbound WHERE id IN (");
+    for i in 1..=n {
+        if i > 1 {
+            sql.push_str(", ");
+        }
+        sql.push('$');
+        sql.push_str(&i.to_string());
+    }
+    sql.push(')');
+    sql
+}
+
+/// Deletes the queue rows `$ids` (a `&[i64]`) inside transaction `$tx`, one statement per
+/// [`DELETE_CHUNK`] IDs rather than one per ID.
+macro_rules! delete_outbound_ids {
+    ($tx:ident, $ids:expr) => {{
+        for chunk in $ids.chunks($crate::store::federation::DELETE_CHUNK) {
+            let sql = $crate::store::federation::delete_ids_sql(chunk.len());
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            query.execute(&mut *$tx).await?;
+        }
+    }};
+}
+pub(super) use delete_outbound_ids;
+
 impl Store {
     // ---- federation outbound queue -------------------------------------------------------------------
     /// Appends EDUs for remote servers.
@@ -112,12 +146,7 @@ impl Store {
     /// Removes delivered EDUs by queue ID.
     pub async fn outbound_delete(&self, ids: &[i64]) -> StoreResult<()> {
         with_tx!(self, |tx, pg| {
-            for id in ids {
-                sqlx::query("DELETE FROM federation_outbound WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            delete_outbound_ids!(tx, ids);
         })
     }
 

@@ -89,12 +89,7 @@ impl Store {
     /// retry state, in one transaction.
     pub async fn federation_finish_txn(&self, txn: &InflightTxn, now: Millis) -> StoreResult<()> {
         with_tx!(self, |tx, pg| {
-            for id in &txn.edu_ids {
-                sqlx::query("DELETE FROM federation_outbound WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            super::federation::delete_outbound_ids!(tx, txn.edu_ids);
             sqlx::query("DELETE FROM federation_txn_inflight WHERE destination = $1")
                 .bind(&txn.destination)
                 .execute(&mut *tx)
