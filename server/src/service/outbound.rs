@@ -4,7 +4,7 @@
 //!   [`OutboundConfig::poll_interval`], or at once after [`OutboundSender::poke`]) and starts a
 //!   sender task for each that has none.
 //! * A sender task sends one transaction at a time: the transaction already in flight (after a
-//!   restart), else up to [`MAX_EDUS_PER_TXN`] queued EDUs, written to the store as the in-flight
+//!   restart), else up to [`MAX_EDUS_PER_TXN`] queued EDUs and [`MAX_TXN_EDU_BYTES`], written to the store as the in-flight
 //!   transaction before the first attempt. It retries the same txnId with the same body until the
 //!   destination answers 200, waiting [`retry_delay_ms`] between attempts (exponential with
 //!   jitter, capped at one hour). On 200 the EDUs are deleted and the next batch goes out. The
@@ -44,6 +44,10 @@ use crate::store::{DestinationLockSession, DestinationRow, Millis, Store};
 
 /// Most EDUs in one transaction (the protocol's limit).
 pub const MAX_EDUS_PER_TXN: i64 = 100;
+/// Most bytes of EDU content in one transaction (unless a single EDU is bigger). Half of the
+/// default request size limit (`limits.max_request_bytes`, 1 MiB) of a receiving `hushd`, so
+/// that a transaction of many large EDUs is never refused as too large and stuck in the queue.
+pub const MAX_TXN_EDU_BYTES: usize = 512 * 1024;
 /// Longest wait between two attempts, whatever the configuration says.
 pub const MAX_RETRY_DELAY_MS: u64 = 60 * 60 * 1000;
 /// How often a backing-off task rechecks the stored retry state (for admin resets).
@@ -716,7 +720,12 @@ impl OutboundSender {
         }
         let mut edus = Vec::with_capacity(queued.len());
         let mut ids = Vec::with_capacity(queued.len());
-        for (id, edu) in queued {
+        // Stay well under receivers' request size limits; the rest waits for the next one.
+        let take = edus_within_budget(
+            queued.iter().map(|(_, edu)| edu.content.len()),
+            MAX_TXN_EDU_BYTES,
+        );
+        for (id, edu) in queued.into_iter().take(take) {
             ids.push(id);
             // Content that cannot be signed (floats, huge integers) would block the queue forever.
             match serde_json::from_str::<Value>(&edu.content) {
@@ -748,6 +757,22 @@ impl OutboundSender {
     }
 }
 
+/// How many queued EDUs, with content of `sizes` bytes in queue order, go into one transaction:
+/// the longest prefix within `budget` bytes, and at least one (an EDU bigger than the budget
+/// goes alone rather than blocking the queue).
+fn edus_within_budget(sizes: impl IntoIterator<Item = usize>, budget: usize) -> usize {
+    let mut total = 0usize;
+    let mut count = 0usize;
+    for size in sizes {
+        total = total.saturating_add(size);
+        if count > 0 && total > budget {
+            break;
+        }
+        count += 1;
+    }
+    count
+}
+
 fn now_ms() -> Millis {
     i64::try_from(unix_millis_now()).unwrap_or(i64::MAX)
 }
@@ -755,6 +780,25 @@ fn now_ms() -> Millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transactions_stay_within_the_byte_budget_but_always_carry_one_edu() {
+        assert_eq!(edus_within_budget([], 100), 0);
+        assert_eq!(edus_within_budget([10, 20, 30], 100), 3);
+        assert_eq!(edus_within_budget([40, 60, 1], 100), 2);
+        assert_eq!(edus_within_budget([101, 1], 100), 1);
+        assert_eq!(edus_within_budget([1, 101], 100), 1);
+        let big = MAX_TXN_EDU_BYTES / 3;
+        assert_eq!(
+            edus_within_budget(std::iter::repeat(big).take(100), MAX_TXN_EDU_BYTES),
+            3
+        );
+        // 100 EDUs of a typical size (a few KB) still fill a transaction.
+        assert_eq!(
+            edus_within_budget(std::iter::repeat(4_000).take(100), MAX_TXN_EDU_BYTES),
+            100
+        );
+    }
 
     #[test]
     fn delays_grow_exponentially_with_jitter_and_cap() {
