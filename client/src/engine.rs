@@ -851,7 +851,7 @@ impl Client {
                 .map_err(crypto)
                 .and_then(|bundle| {
                     account
-                        .initiate_outbound(&mut OsRng, &bundle)
+                        .initiate_outbound(&mut OsRng, &bundle, now_secs())
                         .map_err(crypto)
                 });
             match session {
@@ -1152,12 +1152,11 @@ impl PinCache {
 }
 
 /// Whether sending to the peer device of `record` needs a new session (a bundle claim and
-/// X3DH) first. The send path asks only this, both to decide what to claim and whether to
-/// promote the claimed session. Today: there is no active session. `hush-crypto` has no
-/// staleness rule for sessions yet (a session carries no creation time); when it gains one
-/// (`SessionRecord::needs_new_session(now)`), it belongs here, as `|| record.needs_new_session(now)`.
-fn needs_session(record: &SessionRecord, _now: u64) -> bool {
-    record.active().is_none()
+/// X3DH) first: there is no active session, or the active one has waited for the peer's first
+/// answer for more than 30 days (`now` in seconds; see docs/protocol.md §7). The send path asks
+/// only this, both to decide what to claim and whether to promote the claimed session.
+fn needs_session(record: &SessionRecord, now: u64) -> bool {
+    record.needs_new_session(now)
 }
 
 /// The inner event type and content of a batch of message items (`{"body", "msg_id",

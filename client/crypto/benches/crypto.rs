@@ -45,7 +45,7 @@ fn setup() -> (Account, Account, PreKeyBundle, StdRng) {
 fn established() -> Pair {
     let (alice, bob, b, mut rng) = setup();
     let mut a_rec = SessionRecord::new(bob.user_id(), bob.device_id());
-    a_rec.promote(alice.initiate_outbound(&mut rng, &b).unwrap());
+    a_rec.promote(alice.initiate_outbound(&mut rng, &b, NOW).unwrap());
     let first = a_rec.encrypt(b"hello").unwrap();
     let IncomingMessage::PreKey(pk) = incoming(&first) else {
         unreachable!()
@@ -68,7 +68,7 @@ fn x3dh(c: &mut Criterion) {
     let (alice, bob, b, mut rng) = setup();
     c.bench_function(
         "x3dh_initiate (verified bundle, 4 DH + ratchet init)",
-        |bench| bench.iter(|| black_box(alice.initiate_outbound(&mut rng, &b).unwrap())),
+        |bench| bench.iter(|| black_box(alice.initiate_outbound(&mut rng, &b, NOW).unwrap())),
     );
     c.bench_function("x3dh_initiate_with_bundle_verification", |bench| {
         let keys = DeviceKeys::from_json(&bob.device_keys().unwrap(), bob.user_id(), bob.device_id()).unwrap();
@@ -80,7 +80,7 @@ fn x3dh(c: &mut Criterion) {
         let claim = format!("hush.x3dh_bundle:{}", spk_id.split(':').nth(1).unwrap());
         bench.iter(|| {
             let b = PreKeyBundle::from_claim(&keys, &claim, &value).unwrap();
-            black_box(alice.initiate_outbound(&mut rng, &b).unwrap())
+            black_box(alice.initiate_outbound(&mut rng, &b, NOW).unwrap())
         })
     });
     let empty = SessionRecord::new(alice.user_id(), alice.device_id());
@@ -89,7 +89,7 @@ fn x3dh(c: &mut Criterion) {
         |bench| {
             bench.iter_batched(
                 || {
-                    let mut s = alice.initiate_outbound(&mut rng, &b).unwrap();
+                    let mut s = alice.initiate_outbound(&mut rng, &b, NOW).unwrap();
                     let IncomingMessage::PreKey(pk) =
                         incoming(&s.encrypt(b"first message").unwrap())
                     else {

@@ -49,12 +49,12 @@ fn main() {
     let b = bundle(&bob);
     if x3dh {
         for _ in 0..pairs {
-            black_box(alice.initiate_outbound(&mut rng, &b).unwrap());
+            black_box(alice.initiate_outbound(&mut rng, &b, NOW).unwrap());
         }
         return;
     }
     let mut a_rec = SessionRecord::new(bob.user_id(), bob.device_id());
-    a_rec.promote(alice.initiate_outbound(&mut rng, &b).unwrap());
+    a_rec.promote(alice.initiate_outbound(&mut rng, &b, NOW).unwrap());
     let IncomingMessage::PreKey(pk) = incoming(&a_rec.encrypt(b"hello").unwrap()) else {
         unreachable!()
     };

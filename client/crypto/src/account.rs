@@ -280,12 +280,15 @@ impl Account {
         (self.identity.public_key(), &self.user_id, &self.device_id)
     }
 
-    /// X3DH as initiator with a verified bundle: returns the new session, to be made active
-    /// with [`SessionRecord::promote`]. Its messages are prekey messages until the peer answers.
+    /// X3DH as initiator with a verified bundle, at `now` (seconds): returns the new session, to
+    /// be made active with [`SessionRecord::promote`]. Its messages are prekey messages until
+    /// the peer answers; unanswered after [`crate::consts::MAX_UNACKNOWLEDGED_SESSION_AGE_SECS`]
+    /// it is stale ([`SessionRecord::needs_new_session`]).
     pub fn initiate_outbound<R: RngCore + CryptoRng>(
         &self,
         rng: &mut R,
         bundle: &PreKeyBundle,
+        now: u64,
     ) -> Result<Session, X3dhError> {
         let peer = bundle.device();
         let peer_ik = peer.identity_key().to_curve25519();
@@ -321,6 +324,7 @@ impl Account {
             one_time_key_id: bundle.one_time_key().map(|k| k.id.0),
             sender_user: own_user.to_owned(),
             sender_device: own_device.to_owned(),
+            created_at: Some(now),
         };
         Session::new_initiator(
             rng,

@@ -94,8 +94,15 @@ pub const SCANNABLE_HALF_LEN: usize = 32;
 /// Digits per party in the displayed safety number.
 pub const FINGERPRINT_DIGITS_PER_PARTY: usize = 30;
 
-/// Version of the serialized state formats (sessions, records, accounts).
+/// Version of the serialized state formats of records and accounts.
 pub const STATE_VERSION: u8 = 1;
+/// Version of one serialized session. Version 2 added when the session's unanswered prekey
+/// messages started; version 1 sessions are still read (that time is then unknown).
+pub const SESSION_STATE_VERSION: u8 = 2;
+/// A session whose prekey messages the peer has not answered after this long is no longer used
+/// for sending: the sender claims a fresh bundle and starts a new session (the peer may have
+/// lost the prekeys, or never received the first message). Same age as libsignal's rule.
+pub const MAX_UNACKNOWLEDGED_SESSION_AGE_SECS: u64 = 30 * 24 * 3600;
 /// Version byte of encrypted state blobs ("pickles").
 pub const PICKLE_VERSION: u8 = 1;
 /// XChaCha20-Poly1305 nonce length of encrypted state blobs.

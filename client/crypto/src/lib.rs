@@ -26,7 +26,7 @@
 //! let bundle = PreKeyBundle::from_claim(&bob_keys, &claim_key, &claim)?;
 //!
 //! let mut to_bob = SessionRecord::new("@bob:beta.example", "BOB1");
-//! to_bob.promote(alice.initiate_outbound(&mut rng, &bundle)?);
+//! to_bob.promote(alice.initiate_outbound(&mut rng, &bundle, now)?);
 //! let outgoing = to_bob.encrypt(b"hello")?; // persist `to_bob`, then send
 //!
 //! // Bob receives (type, body) from the envelope.

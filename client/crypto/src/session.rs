@@ -12,7 +12,8 @@ use zeroize::Zeroizing;
 
 use crate::consts::{
     KEY_LEN, MAX_ID_LEN, MAX_PLAINTEXT_LEN, MAX_RECEIVER_CHAINS, MAX_SKIP, MAX_SKIPPED_KEYS,
-    MAX_STATE_LEN, SKIPPED_KEY_TTL_SECS, STATE_VERSION,
+    MAX_STATE_LEN, MAX_UNACKNOWLEDGED_SESSION_AGE_SECS, SESSION_STATE_VERSION,
+    SKIPPED_KEY_TTL_SECS,
 };
 use crate::encoding::{Reader, Writer};
 use crate::errors::{DecodeError, DecryptError, EncryptError};
@@ -29,6 +30,9 @@ pub(crate) struct PendingPreKey {
     pub(crate) one_time_key_id: Option<u32>,
     pub(crate) sender_user: String,
     pub(crate) sender_device: String,
+    /// When the session was started (seconds, caller's clock); `None` for sessions stored in
+    /// state version 1, which never count as stale.
+    pub(crate) created_at: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -179,6 +183,18 @@ impl Session {
     /// True while the peer has not answered, so messages go out as prekey messages.
     pub fn has_pending_prekey(&self) -> bool {
         self.pending.is_some()
+    }
+
+    /// True when this session is still waiting for the peer's first answer more than
+    /// [`MAX_UNACKNOWLEDGED_SESSION_AGE_SECS`] after it was started (`now` in seconds): it
+    /// should no longer be used for sending.
+    pub fn is_stale_unacknowledged(&self, now: u64) -> bool {
+        self.pending
+            .as_ref()
+            .and_then(|p| p.created_at)
+            .is_some_and(|started| {
+                now.saturating_sub(started) > MAX_UNACKNOWLEDGED_SESSION_AGE_SECS
+            })
     }
 
     /// Number of stored skipped message keys.
@@ -441,7 +457,7 @@ impl Session {
     }
 
     pub(crate) fn write(&self, w: &mut Writer) {
-        w.u8(STATE_VERSION);
+        w.u8(SESSION_STATE_VERSION);
         w.raw(&self.remote_identity.to_bytes());
         w.bytes32(&self.associated_data);
         w.raw(self.base_key.as_bytes());
@@ -469,12 +485,13 @@ impl Session {
             w.option(p.one_time_key_id.as_ref(), |w, v| w.u32(*v));
             w.bytes16(p.sender_user.as_bytes());
             w.bytes16(p.sender_device.as_bytes());
+            w.option(p.created_at.as_ref(), |w, v| w.u64(*v));
         });
     }
 
     pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let version = r.u8()?;
-        if version != STATE_VERSION {
+        if version != SESSION_STATE_VERSION && version != 1 {
             return Err(DecodeError::UnsupportedVersion(version));
         }
         let remote_identity = IdentityKey::from_bytes(&r.array()?)?;
@@ -514,6 +531,11 @@ impl Session {
                 one_time_key_id: r.option("one_time_key_id", |r| r.u32())?,
                 sender_user: r.string16("sender_user", MAX_ID_LEN)?,
                 sender_device: r.string16("sender_device", MAX_ID_LEN)?,
+                created_at: if version == 1 {
+                    None
+                } else {
+                    r.option("created_at", |r| r.u64())?
+                },
             })
         })?;
         Ok(Self {
@@ -604,6 +626,7 @@ mod tests {
             one_time_key_id: None,
             sender_user: "@a:x".into(),
             sender_device: "A".into(),
+            created_at: Some(0),
         };
         let alice = Session::new_initiator(
             rng,
@@ -619,6 +642,32 @@ mod tests {
             Ok(alice) => (alice, bob),
             Err(e) => panic!("{e}"),
         }
+    }
+
+    #[test]
+    fn version_1_sessions_are_read_without_a_start_time_and_never_go_stale() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let (mut alice, _) = pair(&mut rng);
+        if let Some(p) = alice.pending.as_mut() {
+            p.created_at = None;
+        }
+        let mut w = Writer::new();
+        alice.write(&mut w);
+        let v2 = w.into_bytes();
+        assert_eq!(v2[0], SESSION_STATE_VERSION);
+        // Version 1 is version 2 without the trailing start-time option (absent: one 0 byte).
+        assert_eq!(v2.last(), Some(&0));
+        let mut v1 = v2[..v2.len() - 1].to_vec();
+        v1[0] = 1;
+        let read = Session::read(&mut Reader::new(&v1)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(read.has_pending_prekey());
+        assert!(!read.is_stale_unacknowledged(u64::MAX));
+        let mut w = Writer::new();
+        read.write(&mut w);
+        assert_eq!(w.into_bytes().as_slice(), v2.as_slice());
+        let mut bad = v1.clone();
+        bad[0] = 3;
+        assert!(Session::read(&mut Reader::new(&bad)).is_err());
     }
 
     fn ratchet(m: &OutgoingMessage) -> RatchetMessage {

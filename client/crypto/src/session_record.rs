@@ -72,6 +72,17 @@ impl SessionRecord {
         self.active.as_ref()
     }
 
+    /// Whether sending needs a new session first (claim a bundle, X3DH, [`Self::promote`]):
+    /// there is no active session, or the active one is still waiting for the peer's first
+    /// answer more than [`crate::consts::MAX_UNACKNOWLEDGED_SESSION_AGE_SECS`] after it started
+    /// (`now` in seconds). The stale session stays in the record, so a late answer still
+    /// decrypts.
+    pub fn needs_new_session(&self, now: u64) -> bool {
+        self.active
+            .as_ref()
+            .is_none_or(|session| session.is_stale_unacknowledged(now))
+    }
+
     /// Number of inactive sessions kept.
     pub fn inactive_count(&self) -> usize {
         self.inactive.len()

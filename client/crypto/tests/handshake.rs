@@ -5,7 +5,9 @@ mod support;
 
 use std::collections::HashSet;
 
-use hush_crypto::consts::{SPK_RETENTION_SECS, SPK_ROTATION_SECS};
+use hush_crypto::consts::{
+    MAX_UNACKNOWLEDGED_SESSION_AGE_SECS, SPK_RETENTION_SECS, SPK_ROTATION_SECS,
+};
 use hush_crypto::errors::{DecryptError, DeviceKeysError, X3dhError};
 use hush_crypto::prekeys::{signed_key_object, verify_key_object};
 use hush_crypto::session_record::IncomingMessage;
@@ -59,7 +61,7 @@ fn p02_one_time_key_consumed_only_after_successful_decryption() {
     let mut a_rec = SessionRecord::new(bob.user_id(), bob.device_id());
     a_rec.promote(
         alice
-            .initiate_outbound(&mut rng, &bundle(&bob, true))
+            .initiate_outbound(&mut rng, &bundle(&bob, true), T0)
             .unwrap(),
     );
     let first = prekey(&a_rec.encrypt(b"first").unwrap());
@@ -166,7 +168,7 @@ fn p04_unknown_one_time_key_is_rejected_never_downgraded() {
     let mut rec = SessionRecord::new(bob.user_id(), bob.device_id());
     rec.promote(
         alice
-            .initiate_outbound(&mut rng, &bundle(&bob, true))
+            .initiate_outbound(&mut rng, &bundle(&bob, true), T0)
             .unwrap(),
     );
     let mut msg = prekey(&rec.encrypt(b"x").unwrap());
@@ -180,7 +182,7 @@ fn p04_unknown_one_time_key_is_rejected_never_downgraded() {
     let mut rec = SessionRecord::new(bob.user_id(), bob.device_id());
     rec.promote(
         alice
-            .initiate_outbound(&mut rng, &bundle(&bob, false))
+            .initiate_outbound(&mut rng, &bundle(&bob, false), T0)
             .unwrap(),
     );
     let mut msg = prekey(&rec.encrypt(b"x").unwrap());
@@ -196,7 +198,7 @@ fn p04_unknown_one_time_key_is_rejected_never_downgraded() {
     let mut rec = SessionRecord::new(bob.user_id(), bob.device_id());
     rec.promote(
         alice
-            .initiate_outbound(&mut rng, &bundle(&bob, true))
+            .initiate_outbound(&mut rng, &bundle(&bob, true), T0)
             .unwrap(),
     );
     let mut msg = prekey(&rec.encrypt(b"x").unwrap());
@@ -220,7 +222,7 @@ fn p08_readdressed_messages_are_rejected() {
     let mut rec = SessionRecord::new(bob1.user_id(), bob1.device_id());
     rec.promote(
         alice
-            .initiate_outbound(&mut rng, &bundle(&bob1, false))
+            .initiate_outbound(&mut rng, &bundle(&bob1, false), T0)
             .unwrap(),
     );
     let msg = prekey(&rec.encrypt(b"for bob1 only").unwrap());
@@ -284,7 +286,7 @@ fn p09_low_order_keys_are_rejected_in_every_role() {
         }
         let b = PreKeyBundle::from_claim(&device_keys(&bob), "hush.x3dh_bundle:AAAAMg", &value)
             .unwrap();
-        let err = alice.initiate_outbound(&mut rng, &b).unwrap_err();
+        let err = alice.initiate_outbound(&mut rng, &b, T0).unwrap_err();
         assert_eq!(
             err,
             X3dhError::Key(hush_crypto::errors::KeyError::NonContributory)
@@ -294,7 +296,7 @@ fn p09_low_order_keys_are_rejected_in_every_role() {
     let mut rec = SessionRecord::new(bob.user_id(), bob.device_id());
     rec.promote(
         alice
-            .initiate_outbound(&mut rng, &bundle(&bob, true))
+            .initiate_outbound(&mut rng, &bundle(&bob, true), T0)
             .unwrap(),
     );
     let mut msg = prekey(&rec.encrypt(b"x").unwrap());
@@ -354,7 +356,7 @@ fn p11_keys_are_never_reused_across_handshakes_or_steps() {
     let mut base_keys = HashSet::new();
     let mut ratchet_keys = HashSet::new();
     for _ in 0..1000 {
-        let mut s = alice.initiate_outbound(&mut rng, &b).unwrap();
+        let mut s = alice.initiate_outbound(&mut rng, &b, T0).unwrap();
         assert!(base_keys.insert(*s.base_key()));
         let m = prekey(&s.encrypt(b"x").unwrap());
         assert!(ratchet_keys.insert(m.message.header.ratchet_key));
@@ -385,7 +387,9 @@ fn p11_keys_are_never_reused_across_handshakes_or_steps() {
     let bodies: HashSet<Vec<u8>> = devices
         .iter()
         .map(|d| {
-            let mut s = alice.initiate_outbound(&mut rng, &bundle(d, true)).unwrap();
+            let mut s = alice
+                .initiate_outbound(&mut rng, &bundle(d, true), T0)
+                .unwrap();
             s.encrypt(b"same").unwrap().to_bytes()
         })
         .collect();
@@ -444,7 +448,7 @@ fn p16_signed_prekey_rotation_and_retention() {
     assert!(!bob.maintain(&mut rng, rotated_at + 1).unwrap());
 
     let mut rec = SessionRecord::new(bob.user_id(), bob.device_id());
-    rec.promote(alice.initiate_outbound(&mut rng, &old_bundle).unwrap());
+    rec.promote(alice.initiate_outbound(&mut rng, &old_bundle, T0).unwrap());
     let msg = prekey(&rec.encrypt(b"in flight").unwrap());
     let empty = SessionRecord::new(alice.user_id(), alice.device_id());
     let inside = rotated_at + SPK_RETENTION_SECS - 1;
@@ -481,7 +485,7 @@ fn p17_replayed_initial_message_without_one_time_key() {
     let mut a_rec = SessionRecord::new(bob.user_id(), bob.device_id());
     a_rec.promote(
         alice
-            .initiate_outbound(&mut rng, &bundle(&bob, false))
+            .initiate_outbound(&mut rng, &bundle(&bob, false), T0)
             .unwrap(),
     );
     let first = prekey(&a_rec.encrypt(b"one").unwrap());
@@ -527,11 +531,11 @@ fn p19_simultaneous_initiation_converges() {
     let mut b_rec = SessionRecord::new(alice.user_id(), alice.device_id());
     a_rec.promote(
         alice
-            .initiate_outbound(&mut rng, &bundle(&bob, true))
+            .initiate_outbound(&mut rng, &bundle(&bob, true), T0)
             .unwrap(),
     );
     b_rec.promote(
-        bob.initiate_outbound(&mut rng, &bundle(&alice, true))
+        bob.initiate_outbound(&mut rng, &bundle(&alice, true), T0)
             .unwrap(),
     );
     let from_a = prekey(&a_rec.encrypt(b"hi from alice").unwrap());
@@ -696,4 +700,53 @@ fn uploaded_key_objects_have_matrix_shapes() {
             .len(),
         86
     );
+}
+
+#[test]
+fn an_unanswered_session_goes_stale_after_30_days_and_an_answered_one_never() {
+    let mut rng = rng(30);
+    let alice = device(&mut rng, "@alice:alpha.example", "ALICE1", 2);
+    let mut bob = device(&mut rng, "@bob:beta.example", "BOB1", 4);
+    let mut rec = SessionRecord::new(bob.user_id(), bob.device_id());
+    assert!(rec.needs_new_session(T0), "no session yet");
+    rec.promote(
+        alice
+            .initiate_outbound(&mut rng, &bundle(&bob, true), T0)
+            .unwrap(),
+    );
+    let first = rec.encrypt(b"anyone there?").unwrap();
+    assert_eq!(first.message_type(), 0, "unanswered: still prekey messages");
+    let limit = T0 + MAX_UNACKNOWLEDGED_SESSION_AGE_SECS;
+    assert!(!rec.needs_new_session(limit));
+    assert!(rec.needs_new_session(limit + 1));
+    // The start time survives serialization.
+    let reloaded = SessionRecord::from_bytes(&rec.to_bytes()).unwrap();
+    assert!(!reloaded.needs_new_session(limit));
+    assert!(reloaded.needs_new_session(limit + 1));
+
+    // A new session replaces the stale one; the stale one stays to decrypt a late answer.
+    let stale_first = first;
+    rec.promote(
+        alice
+            .initiate_outbound(&mut rng, &bundle(&bob, true), limit + 1)
+            .unwrap(),
+    );
+    assert!(!rec.needs_new_session(limit + 2));
+    let empty = SessionRecord::new(alice.user_id(), alice.device_id());
+    let late = bob
+        .accept_inbound(&mut rng, &empty, alice.user_id(), &prekey(&stale_first), T0)
+        .unwrap();
+    let mut b_rec = late.record;
+    let answer = b_rec.encrypt(b"sorry, I was away").unwrap();
+    let pt = rec
+        .decrypt(&mut rng, &incoming(&answer), limit + 3)
+        .unwrap();
+    assert_eq!(pt.as_slice(), b"sorry, I was away");
+    // The answered session is active again and never goes stale.
+    assert!(!rec.needs_new_session(limit + 3));
+    assert!(!rec.needs_new_session(u64::MAX));
+
+    // An established session is never stale, whatever the clock says.
+    let (a_rec, _) = establish(&mut rng, &alice, &mut bob, true);
+    assert!(!a_rec.needs_new_session(u64::MAX));
 }

@@ -225,7 +225,7 @@ fn valid_samples(seed: u64) -> Samples {
                 let mut rec = SessionRecord::new(bob.user_id(), bob.device_id());
                 rec.promote(
                     alice
-                        .initiate_outbound(&mut rng, &bundle(&bob, true))
+                        .initiate_outbound(&mut rng, &bundle(&bob, true), T0)
                         .unwrap(),
                 );
                 let pk = rec.encrypt(b"p").unwrap().to_bytes();

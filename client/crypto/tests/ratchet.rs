@@ -420,7 +420,7 @@ fn envelope_round_trip_and_payload_binding() {
     let mut rec = SessionRecord::new(bob.user_id(), bob.device_id());
     rec.promote(
         alice
-            .initiate_outbound(&mut rng, &bundle(&bob, true))
+            .initiate_outbound(&mut rng, &bundle(&bob, true), T0)
             .unwrap(),
     );
     let msg = rec.encrypt(&payload.to_bytes()).unwrap();

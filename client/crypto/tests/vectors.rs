@@ -172,7 +172,7 @@ fn generate() -> Vec<(&'static str, Value)> {
     let bundle = PreKeyBundle::from_claim(&bob_keys, &claim_key, &claim_value).unwrap();
 
     let mut a_rec = SessionRecord::new(bob_user, bob_dev);
-    a_rec.promote(alice.initiate_outbound(&mut rng, &bundle).unwrap());
+    a_rec.promote(alice.initiate_outbound(&mut rng, &bundle, NOW).unwrap());
     let a0 = a_rec.encrypt(b"Hello Bob, this is message A0").unwrap();
     let a1 = a_rec.encrypt(b"A1 arrives before A0").unwrap();
 

@@ -790,12 +790,12 @@ mod tests {
         assert_eq!(edus_within_budget([1, 101], 100), 1);
         let big = MAX_TXN_EDU_BYTES / 3;
         assert_eq!(
-            edus_within_budget(std::iter::repeat(big).take(100), MAX_TXN_EDU_BYTES),
+            edus_within_budget(std::iter::repeat_n(big, 100), MAX_TXN_EDU_BYTES),
             3
         );
         // 100 EDUs of a typical size (a few KB) still fill a transaction.
         assert_eq!(
-            edus_within_budget(std::iter::repeat(4_000).take(100), MAX_TXN_EDU_BYTES),
+            edus_within_budget(std::iter::repeat_n(4_000, 100), MAX_TXN_EDU_BYTES),
             100
         );
     }

@@ -72,7 +72,7 @@ pub fn establish(
     with_otk: bool,
 ) -> (SessionRecord, SessionRecord) {
     let session = alice
-        .initiate_outbound(rng, &bundle(bob, with_otk))
+        .initiate_outbound(rng, &bundle(bob, with_otk), T0)
         .unwrap();
     let mut a_rec = SessionRecord::new(bob.user_id(), bob.device_id());
     a_rec.promote(session);
