@@ -16,21 +16,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{federation_section, Db, Device, Server, ServerOptions, TestCa, PASSPHRASE};
-use hush_client::api::{http_client, Api};
+use common::{federation_section, Db, Device, Server, ServerOptions, TestCa};
 use hush_client::engine::Client;
-use hush_client::store::Store;
-use hush_client::vault::Passphrase;
-
-async fn open_client(d: &Device) -> Client {
-    let store = Store::open(&d.profile_dir(), &Passphrase::new(PASSPHRASE.into()))
-        .await
-        .unwrap();
-    let login = store.login().await.unwrap().unwrap();
-    let http = http_client(d.ca.as_deref()).unwrap();
-    let api = Api::new(http, &login.server_url).with_token(&login.access_token);
-    Client::new(store, api, login)
-}
 
 async fn drain(bob: &Client, n: usize) -> usize {
     let mut got = 0;
@@ -78,8 +65,8 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let alice = Arc::new(open_client(&alice_d).await);
-        let bob = Arc::new(open_client(&bob_d).await);
+        let alice = Arc::new(alice_d.open_client().await);
+        let bob = Arc::new(bob_d.open_client().await);
         let peer = bob_d.user_id.clone();
         let texts: Vec<String> = (0..n).map(|i| format!("benchmark message {i:06} {}", "x".repeat(64))).collect();
 

@@ -7,21 +7,8 @@
 
 mod common;
 
-use common::{Db, Device, Server, ServerOptions, TestCa, PASSPHRASE};
-use hush_client::api::{http_client, Api};
-use hush_client::engine::{Client, ClientError, ENCRYPTED_EVENT};
-use hush_client::store::Store;
-use hush_client::vault::Passphrase;
-
-async fn open_client(d: &Device) -> Client {
-    let store = Store::open(&d.profile_dir(), &Passphrase::new(PASSPHRASE.into()))
-        .await
-        .unwrap();
-    let login = store.login().await.unwrap().unwrap();
-    let http = http_client(d.ca.as_deref()).unwrap();
-    let api = Api::new(http, &login.server_url).with_token(&login.access_token);
-    Client::new(store, api, login)
-}
+use common::{Db, Device, Server, ServerOptions, TestCa};
+use hush_client::engine::{ClientError, ENCRYPTED_EVENT};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -70,7 +57,7 @@ fn batches_reach_every_device_in_order_exactly_once() {
     let sent = texts(300, "batched");
     let rt = runtime();
     let reports = rt.block_on(async {
-        let client = open_client(&alice).await;
+        let client = alice.open_client().await;
         let reports = client.send_many(&bob.user_id, &sent, 1).await.unwrap();
         client.into_store().close().await;
         reports
@@ -108,7 +95,7 @@ fn batches_reach_every_device_in_order_exactly_once() {
     // still every message arrives exactly once.
     let more = texts(300, "windowed");
     rt.block_on(async {
-        let client = open_client(&alice).await;
+        let client = alice.open_client().await;
         client.send_many(&bob.user_id, &more, 4).await.unwrap();
         client.into_store().close().await;
     });
@@ -138,7 +125,7 @@ fn a_refused_batch_stays_queued_and_is_shown_once_after_a_resend() {
     let sent = texts(80, "queued");
     let rt = runtime();
     rt.block_on(async {
-        let client = open_client(&alice).await;
+        let client = alice.open_client().await;
         let refused = client.send_many(&bob.user_id, &sent, 1).await;
         assert!(
             matches!(refused, Err(ClientError::Queued(_))),
@@ -157,7 +144,7 @@ fn a_refused_batch_stays_queued_and_is_shown_once_after_a_resend() {
     rt.block_on(async {
         // The server accepts the first batch, but Alice "crashes" before recording that:
         // the request is made with the queued transaction ID and the outbox is left alone.
-        let client = open_client(&alice).await;
+        let client = alice.open_client().await;
         let queued = client.store().outbox().await.unwrap();
         let (txn_id, _, messages) = &queued[0];
         client
@@ -167,7 +154,7 @@ fn a_refused_batch_stays_queued_and_is_shown_once_after_a_resend() {
             .unwrap();
         client.into_store().close().await;
         // The next run re-sends everything queued with the same transaction IDs.
-        let client = open_client(&alice).await;
+        let client = alice.open_client().await;
         assert_eq!(client.flush_outbox().await.unwrap(), sent.len());
         assert!(client.store().outbox().await.unwrap().is_empty());
         client.into_store().close().await;

@@ -5,25 +5,11 @@
 
 mod common;
 
-use common::{Db, Device, Server, ServerOptions, TestCa, PASSPHRASE};
+use common::{Db, Device, Server, ServerOptions, TestCa};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use hush_client::api::{http_client, Api};
-use hush_client::engine::Client;
-use hush_client::store::Store;
 use hush_client::tui::{Action, ChatApp, View};
-use hush_client::vault::Passphrase;
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
-
-async fn open_client(d: &Device) -> Client {
-    let store = Store::open(&d.profile_dir(), &Passphrase::new(PASSPHRASE.into()))
-        .await
-        .unwrap();
-    let login = store.login().await.unwrap().unwrap();
-    let http = http_client(d.ca.as_deref()).unwrap();
-    let api = Api::new(http, &login.server_url).with_token(&login.access_token);
-    Client::new(store, api, login)
-}
 
 fn screen(terminal: &Terminal<TestBackend>) -> String {
     let buffer = terminal.backend().buffer();
@@ -55,7 +41,7 @@ async fn chat_shows_received_message_and_sends_typed_one() {
     let bob = Device::register(data.path(), "bob", &server, Some(&ca), "bob");
     alice.send(&bob, "hello from the command line").ok();
 
-    let client = open_client(&bob).await;
+    let client = bob.open_client().await;
     let history = client.store().history(&alice.user_id, 100).await.unwrap();
     let mut app = ChatApp::new(&bob.user_id, &alice.user_id, history);
     let mut terminal = Terminal::new(TestBackend::new(100, 20)).unwrap();

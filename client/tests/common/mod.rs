@@ -283,6 +283,24 @@ impl Run {
 }
 
 impl Device {
+    /// Opens this device's client store (with [`PASSPHRASE`]) as an engine `Client`, logged in
+    /// as the stored login, for tests that drive the library directly.
+    pub async fn open_client(&self) -> hush_client::engine::Client {
+        use hush_client::api::{http_client, Api};
+        let store = hush_client::store::Store::open(
+            &self.profile_dir(),
+            &hush_client::vault::Passphrase::new(PASSPHRASE.into()),
+        )
+        .await
+        .unwrap();
+        let login = store.login().await.unwrap().unwrap();
+        let http = http_client(self.ca.as_deref()).unwrap();
+        let api = Api::new(http, &login.server_url).with_token(&login.access_token);
+        hush_client::engine::Client::new(store, api, login)
+    }
+}
+
+impl Device {
     /// The base command with the profile's environment.
     pub fn command(&self) -> Command {
         let mut c = Command::new(hush_bin());

@@ -112,24 +112,7 @@ fn class_index(n: usize) -> usize {
 fn values_sql(head: &str, width: usize, rows: usize, tail: &str) -> String {
     let mut sql = String::with_capacity(head.len() + tail.len() + rows * width * 7);
     sql.push_str(head);
-    sql.push_str("(VALUES ");
-    let mut n = 2;
-    for r in 0..rows {
-        if r > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for c in 0..width {
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('?');
-            sql.push_str(&n.to_string());
-            n += 1;
-        }
-        sql.push(')');
-    }
-    sql.push(')');
+    push_values(&mut sql, width, rows, 2);
     sql.push_str(tail);
     sql
 }
