@@ -24,11 +24,10 @@ fn target(name: &str) -> checks::Target {
 
 #[test]
 fn every_committed_corpus_file_replays_cleanly() {
+    // `corpus` fails the test when a target has no committed inputs.
     for (name, check) in checks::TARGETS {
-        let inputs = corpus(name);
-        assert!(!inputs.is_empty(), "the corpus of {name} is empty");
-        for input in &inputs {
-            check(input);
+        for input in corpus(name) {
+            check(&input);
         }
     }
 }

@@ -37,21 +37,18 @@ fn harness() -> &'static router::Harness {
 
 #[test]
 fn every_committed_corpus_file_replays_cleanly() {
+    // `corpus` fails the test when a target has no committed inputs.
     for (name, check) in checks::TARGETS {
-        let inputs = corpus(name);
-        assert!(!inputs.is_empty(), "the corpus of {name} is empty");
-        for input in &inputs {
-            check(input);
+        for input in corpus(name) {
+            check(&input);
         }
     }
 }
 
 #[test]
 fn the_router_corpus_replays_cleanly() {
-    let inputs = corpus("client_router");
-    assert!(!inputs.is_empty());
-    for input in &inputs {
-        harness().run(input);
+    for input in corpus("client_router") {
+        harness().run(&input);
     }
 }
 
