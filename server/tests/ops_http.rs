@@ -1,5 +1,8 @@
 //! The operations layer over real HTTP against the real binary: rate limits, `/metrics`,
 //! CORS, and the TLS listener with a certificate from a test CA.
+//!
+//! Rate limits and metrics run on both storage backends (the metrics' mailbox gauge is read
+//! from the database). The TLS listener does not touch storage and runs on SQLite only.
 
 mod ops_support;
 
@@ -8,10 +11,38 @@ use std::time::{Duration, Instant};
 use ops_support::*;
 use serde_json::{json, Value};
 
-#[tokio::test]
-async fn login_rate_limit_answers_429_with_retry_after() -> TestResult {
+/// One test per storage backend for `async fn $body(backend: &str) -> TestResult`.
+macro_rules! on_both_backends {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() -> super::TestResult {
+                super::$body("sqlite").await
+            }
+            #[tokio::test]
+            async fn postgres() -> super::TestResult {
+                super::$body("postgres").await
+            }
+        }
+    };
+}
+
+on_both_backends!(
+    login_rate_limit,
+    login_rate_limit_answers_429_with_retry_after
+);
+on_both_backends!(
+    send_to_device_limit,
+    send_to_device_limit_is_per_user_and_switchable
+);
+on_both_backends!(
+    metrics_and_cors,
+    metrics_expose_the_named_series_and_cors_headers
+);
+
+async fn login_rate_limit_answers_429_with_retry_after(backend: &str) -> TestResult {
     let dir = tempfile::tempdir()?;
-    let (db, _pg) = database("sqlite", dir.path())?;
+    let (db, _pg) = database(backend, dir.path())?;
     let mut env = server_env(dir.path(), &db);
     env.push(("HUSHD_RATE_LIMITS_LOGIN_BURST".into(), "3".into()));
     env.push(("HUSHD_RATE_LIMITS_LOGIN_PER_SECOND".into(), "0.01".into()));
@@ -52,11 +83,10 @@ async fn login_rate_limit_answers_429_with_retry_after() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn send_to_device_limit_is_per_user_and_switchable() -> TestResult {
+async fn send_to_device_limit_is_per_user_and_switchable(backend: &str) -> TestResult {
     for enabled in [true, false] {
         let dir = tempfile::tempdir()?;
-        let (db, _pg) = database("sqlite", dir.path())?;
+        let (db, _pg) = database(backend, dir.path())?;
         let mut env = server_env(dir.path(), &db);
         env.push(("HUSHD_REGISTRATION".into(), "open".into()));
         env.push(("HUSHD_RATE_LIMITS_SEND_TO_DEVICE_BURST".into(), "2".into()));
@@ -100,10 +130,9 @@ async fn send_to_device_limit_is_per_user_and_switchable() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn metrics_expose_the_named_series_and_cors_headers() -> TestResult {
+async fn metrics_expose_the_named_series_and_cors_headers(backend: &str) -> TestResult {
     let dir = tempfile::tempdir()?;
-    let (db, _pg) = database("sqlite", dir.path())?;
+    let (db, _pg) = database(backend, dir.path())?;
     let mut env = server_env(dir.path(), &db);
     env.push(("HUSHD_REGISTRATION".into(), "open".into()));
     env.push(("HUSHD_METRICS_REFRESH_SECS".into(), "1".into()));

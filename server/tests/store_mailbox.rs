@@ -17,6 +17,7 @@ store_tests!(
     positions_ack_fetch_and_redelivery,
     group_commit_outcomes,
     mailbox_full_request_writes_nothing,
+    batches_without_conflicts_and_late_conflicts,
     concurrent_committers_exactly_once_in_order,
     outbound_queue,
     prune_enforces_ttls,
@@ -244,6 +245,116 @@ async fn group_commit_outcomes(store: Store) {
     assert_eq!(bodies, vec!["3", "2a", "2b"]);
     assert_eq!(store.outbound_peek("lost.test", 10).await.unwrap().len(), 1);
     assert!(store.commit_sends(&[], 3, 0).await.unwrap().is_empty());
+}
+
+/// Batches in which every request has its own key (SQLite writes these in one command and
+/// falls back to deciding request by request only when a key was used before or a mailbox
+/// would overflow): positions continue after what is queued, several requests to one device
+/// interleave in order, EDUs for several destinations keep their order, and a conflict found
+/// late in the batch refuses only the request it belongs to.
+async fn batches_without_conflicts_and_late_conflicts(store: Store) {
+    user_with_devices(&store, ALICE, &["D", "E"], 0).await;
+    let first = vec![request("a0", vec![msg(ALICE, "D", BOB, "0")], vec![])];
+    store.commit_sends(&first, 4, 0).await.unwrap();
+    let de = vec![
+        (ALICE.to_owned(), "D".to_owned()),
+        (ALICE.to_owned(), "E".to_owned()),
+    ];
+    let batch = vec![
+        request(
+            "a1",
+            vec![
+                msg(ALICE, "E", BOB, "e1"),
+                msg(ALICE, "D", BOB, "1"),
+                msg(ALICE, "GONE", BOB, "dropped"),
+            ],
+            vec![edu("one.test", 1), edu("two.test", 1)],
+        ),
+        request("a2", vec![], vec![edu("one.test", 2)]),
+        request(
+            "a3",
+            vec![msg(ALICE, "D", BOB, "2"), msg(ALICE, "D", BOB, "3")],
+            vec![],
+        ),
+    ];
+    assert_eq!(
+        store.commit_sends(&batch, 4, 0).await.unwrap(),
+        vec![
+            SendOutcome::Committed(de.clone()),
+            SendOutcome::Committed(vec![]),
+            SendOutcome::Committed(vec![de[0].clone()]),
+        ]
+    );
+    let d = store.ack_and_fetch_inbox(ALICE, "D", 0, 10).await.unwrap();
+    let bodies: Vec<_> = d.iter().map(|e| body(&e.content)).collect();
+    assert_eq!(bodies, vec!["0", "1", "2", "3"], "exactly at the cap of 4");
+    assert!(d.windows(2).all(|w| w[1].pos == w[0].pos + 1));
+    let e = store.ack_and_fetch_inbox(ALICE, "E", 0, 10).await.unwrap();
+    assert_eq!(e.len(), 1);
+    let one: Vec<_> = store
+        .outbound_peek("one.test", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, edu)| edu.content)
+        .collect();
+    assert_eq!(one, vec![r#"{"n":1}"#, r#"{"n":2}"#]);
+    assert_eq!(store.outbound_peek("two.test", 10).await.unwrap().len(), 1);
+    assert_eq!(store.outbound_total().await.unwrap(), 3);
+
+    // A full mailbox late in a batch: only that request is refused, the rest is written and
+    // the refused key stays unused.
+    let last = d.last().unwrap().pos;
+    let batch = vec![
+        request(
+            "b1",
+            vec![msg(ALICE, "E", BOB, "e2")],
+            vec![edu("one.test", 3)],
+        ),
+        request("b2", vec![msg(ALICE, "D", BOB, "over")], vec![]),
+        request("b3", vec![msg(ALICE, "E", BOB, "e3")], vec![]),
+    ];
+    assert_eq!(
+        store.commit_sends(&batch, 4, 0).await.unwrap(),
+        vec![
+            SendOutcome::Committed(vec![de[1].clone()]),
+            SendOutcome::MailboxFull,
+            SendOutcome::Committed(vec![de[1].clone()]),
+        ]
+    );
+    assert!(!store.txn_seen(&txn(BOB, "b2")).await.unwrap());
+    assert!(store.txn_seen(&txn(BOB, "b3")).await.unwrap());
+    // A key used by an earlier batch: only that request is a duplicate.
+    let replay = vec![
+        request("a1", vec![msg(ALICE, "E", BOB, "replay")], vec![]),
+        request("c1", vec![msg(ALICE, "E", BOB, "e4")], vec![]),
+    ];
+    assert_eq!(
+        store.commit_sends(&replay, 4, 0).await.unwrap(),
+        vec![
+            SendOutcome::Duplicate,
+            SendOutcome::Committed(vec![de[1].clone()]),
+        ]
+    );
+    let e = store.ack_and_fetch_inbox(ALICE, "E", 0, 10).await.unwrap();
+    let bodies: Vec<_> = e.iter().map(|e| body(&e.content)).collect();
+    assert_eq!(bodies, vec!["e1", "e2", "e3", "e4"]);
+    assert_eq!(store.outbound_peek("one.test", 10).await.unwrap().len(), 3);
+    // After an acknowledgement the refused request fits.
+    store
+        .ack_and_fetch_inbox(ALICE, "D", last, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.commit_sends(&[batch[1].clone()], 4, 0).await.unwrap(),
+        vec![SendOutcome::Committed(vec![de[0].clone()])]
+    );
+    let d = store
+        .ack_and_fetch_inbox(ALICE, "D", last, 10)
+        .await
+        .unwrap();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].pos, last + 1, "positions are never reused");
 }
 
 async fn mailbox_full_request_writes_nothing(store: Store) {

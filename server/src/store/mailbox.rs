@@ -19,8 +19,10 @@ use super::notify::{wake_payloads, WakeOnCommit};
 
 use super::{
     with_pools, with_tx, with_writer, InboxEvent, Millis, OutboundEdu, SendOutcome, SendRequest,
-    Store, StoreError, StoreResult, SyncReads, ToDeviceMessage, TxnKey,
+    Store, StoreResult, SyncReads, ToDeviceMessage, TxnKey,
 };
+
+mod sqlite_commit;
 
 /// Counter state of one recipient device during a group commit.
 struct Head {
@@ -591,223 +593,6 @@ fn push_values(sql: &mut String, width: usize, rows: usize, first: usize) -> usi
     n
 }
 
-/// [`Store::commit_sends`] on SQLite in two commands to the writer's worker thread (each
-/// command is a round trip between the async runtime and that thread):
-///
-/// 1. `BEGIN IMMEDIATE`, read the queue heads, record the transaction keys;
-/// 2. insert the messages, store the new heads, `COMMIT`.
-///
-/// The transaction is begun and committed by these statements themselves, outside sqlx's
-/// transaction manager ([`super::connect::SqliteWriter::begin_raw`] makes sure a transaction
-/// left open by an error or a cancellation is rolled back before the writer is used again).
-/// Rarely needed extra statements (removing refused transaction keys, queueing EDUs, more
-/// than [`SQLITE_CHUNK`] messages) run in between. Callers answer only after the second
-/// command returned: its `COMMIT` succeeded.
-///
-/// Relies on the SQLite driver running every statement of a multi-statement query with one
-/// shared, numbered (`?N`) argument list.
-async fn sqlite_commit_sends(
-    writer: &super::connect::SqliteWriter,
-    requests: &[SendRequest],
-    recipients: &[(&str, &str)],
-    keys: &[&TxnKey],
-    mailbox_cap: i64,
-    now: Millis,
-) -> StoreResult<Vec<SendOutcome>> {
-    let mut guard = writer.lock().await?;
-    let conn: &mut sqlx::SqliteConnection = &mut guard;
-    writer.begin_raw(conn).await?;
-    match sqlite_commit_sends_in(conn, requests, recipients, keys, mailbox_cap, now).await {
-        Ok(outcomes) => {
-            writer.raw_finished();
-            Ok(outcomes)
-        }
-        Err(e) => {
-            if let StoreError::Database(db) = &e {
-                writer.note_error(db);
-            }
-            // On failure the writer stays marked and the next user rolls back instead.
-            let _ = writer.rollback_raw(conn).await;
-            Err(e)
-        }
-    }
-}
-
-/// The statements of [`sqlite_commit_sends`].
-async fn sqlite_commit_sends_in(
-    conn: &mut sqlx::SqliteConnection,
-    requests: &[SendRequest],
-    recipients: &[(&str, &str)],
-    keys: &[&TxnKey],
-    mailbox_cap: i64,
-    now: Millis,
-) -> StoreResult<Vec<SendOutcome>> {
-    // 1. BEGIN IMMEDIATE; heads (kind 0); fresh keys (kind 1). `?1` is `now`.
-    let head_rows = SQLITE_CLASSES
-        .get(class_index(recipients.len()))
-        .copied()
-        .unwrap_or(SQLITE_CHUNK);
-    let key_rows = SQLITE_CLASSES
-        .get(class_index(keys.len()))
-        .copied()
-        .unwrap_or(SQLITE_CHUNK);
-    let mut sql = String::with_capacity(256 + (head_rows * 3 + key_rows * 4) * 7);
-    let mut next = 2;
-    sql.push_str("BEGIN IMMEDIATE; ");
-    if !recipients.is_empty() {
-        sql.push_str(
-            "SELECT 0, v.column1, d.inbox_last_pos, (SELECT MIN(i.pos) FROM to_device_inbox i \
-             WHERE i.user_id = d.user_id AND i.device_id = d.device_id) FROM ",
-        );
-        next = push_values(&mut sql, 3, head_rows, next);
-        sql.push_str(" AS v JOIN devices d ON d.user_id = v.column2 AND d.device_id = v.column3; ");
-    }
-    sql.push_str(
-        "INSERT INTO txn_ids (user_id, device_id, endpoint, txn_id, created_ts) \
-         SELECT column1, column2, column3, column4, ?1 FROM ",
-    );
-    push_values(&mut sql, 4, key_rows, next);
-    sql.push_str(
-        " WHERE column1 IS NOT NULL \
-         ON CONFLICT (user_id, device_id, endpoint, txn_id) DO NOTHING \
-         RETURNING 1, user_id, device_id, endpoint, txn_id",
-    );
-    let mut query = sqlx::query(&sql).bind(now);
-    if !recipients.is_empty() {
-        for (i, &(user_id, device_id)) in recipients.iter().enumerate() {
-            query = query
-                .bind(i64::try_from(i).unwrap_or(i64::MAX))
-                .bind(user_id)
-                .bind(device_id);
-        }
-        for _ in recipients.len()..head_rows {
-            query = query
-                .bind(None::<i64>)
-                .bind(None::<&str>)
-                .bind(None::<&str>);
-        }
-    }
-    for key in keys {
-        query = query
-            .bind(key.user_id.as_str())
-            .bind(key.device_id.as_str())
-            .bind(key.endpoint.as_str())
-            .bind(key.txn_id.as_str());
-    }
-    for _ in keys.len()..key_rows {
-        query = query
-            .bind(None::<&str>)
-            .bind(None::<&str>)
-            .bind(None::<&str>)
-            .bind(None::<&str>);
-    }
-    let mut heads = Vec::with_capacity(recipients.len());
-    let mut fresh = HashSet::with_capacity(keys.len());
-    for row in query.fetch_all(&mut *conn).await? {
-        if row.try_get::<i64, _>(0)? == 0 {
-            let Ok(index) = usize::try_from(row.try_get::<i64, _>(1)?) else {
-                continue;
-            };
-            heads.push((index, row.try_get(2)?, row.try_get(3)?));
-        } else {
-            fresh.insert((
-                row.try_get(1)?,
-                row.try_get(2)?,
-                row.try_get(3)?,
-                row.try_get(4)?,
-            ));
-        }
-    }
-    let plan = plan_batch(requests, recipients, heads, fresh, mailbox_cap);
-
-    // Rare extras, each its own statement.
-    for txn in &plan.refused {
-        sqlx::query(
-            "DELETE FROM txn_ids WHERE user_id = $1 AND device_id = $2 \
-             AND endpoint = $3 AND txn_id = $4",
-        )
-        .bind(&txn.user_id)
-        .bind(&txn.device_id)
-        .bind(&txn.endpoint)
-        .bind(&txn.txn_id)
-        .execute(&mut *conn)
-        .await?;
-    }
-    let tx = &mut *conn;
-    super::federation::enqueue_edus!(tx, plan.edus, now);
-    // All but the last chunk of messages (more than SQLITE_CHUNK rows).
-    let last_chunk = plan.rows.len().saturating_sub(1) / SQLITE_CHUNK * SQLITE_CHUNK;
-    let (early, rows) = plan.rows.split_at(last_chunk);
-    MailboxOps::insert_inbox(&mut *conn, early, now).await?;
-    let (advanced, early_heads) = if plan.advanced.len() <= SQLITE_CHUNK {
-        (plan.advanced.as_slice(), &[][..])
-    } else {
-        (&[][..], plan.advanced.as_slice())
-    };
-    MailboxOps::store_heads(&mut *conn, early_heads).await?;
-
-    // 2. messages; heads; COMMIT. `?1` is `now`.
-    let mut sql = String::with_capacity(64 + (rows.len() * 6 + advanced.len() * 3) * 8);
-    let mut next = 2;
-    let row_class = SQLITE_CLASSES
-        .get(class_index(rows.len()))
-        .copied()
-        .unwrap_or(SQLITE_CHUNK);
-    let head_class = SQLITE_CLASSES
-        .get(class_index(advanced.len()))
-        .copied()
-        .unwrap_or(SQLITE_CHUNK);
-    if !rows.is_empty() {
-        sql.push_str(
-            "INSERT INTO to_device_inbox \
-             (user_id, device_id, pos, sender, event_type, content, created_ts) \
-             SELECT column1, column2, column3, column4, column5, column6, ?1 FROM ",
-        );
-        next = push_values(&mut sql, 6, row_class, next);
-        sql.push_str(" WHERE column1 IS NOT NULL; ");
-    }
-    if !advanced.is_empty() {
-        sql.push_str("UPDATE devices SET inbox_last_pos = v.column3 FROM ");
-        push_values(&mut sql, 3, head_class, next);
-        sql.push_str(" AS v WHERE devices.user_id = v.column1 AND devices.device_id = v.column2; ");
-    }
-    sql.push_str("COMMIT");
-    let mut query = sqlx::query(&sql).bind(now);
-    if !rows.is_empty() {
-        for row in rows {
-            query = query
-                .bind(row.message.user_id.as_str())
-                .bind(row.message.device_id.as_str())
-                .bind(row.pos)
-                .bind(row.message.sender.as_str())
-                .bind(row.message.event_type.as_str())
-                .bind(row.message.content.as_str());
-        }
-        for _ in rows.len()..row_class {
-            query = query
-                .bind(None::<&str>)
-                .bind(None::<&str>)
-                .bind(None::<i64>)
-                .bind(None::<&str>)
-                .bind(None::<&str>)
-                .bind(None::<&str>);
-        }
-    }
-    if !advanced.is_empty() {
-        for &(user_id, device_id, last) in advanced {
-            query = query.bind(user_id).bind(device_id).bind(last);
-        }
-        for _ in advanced.len()..head_class {
-            query = query
-                .bind(None::<&str>)
-                .bind(None::<&str>)
-                .bind(None::<i64>);
-        }
-    }
-    query.execute(&mut *conn).await?;
-    Ok(plan.outcomes)
-}
-
 /// SQLite: everything [`Store::sync_reads`] reads, as ONE statement (one snapshot and one
 /// round trip to the reader's worker thread instead of five). Each row says what it is in
 /// `kind`: 0 a queued message, 1 the device-list position, 2 a message at or before `after`
@@ -910,8 +695,15 @@ impl Store {
         keys.dedup();
         if let super::Backend::Sqlite { writer, .. } = &self.backend {
             if recipients.len() <= SQLITE_CHUNK && keys.len() <= SQLITE_CHUNK {
-                return sqlite_commit_sends(writer, requests, &recipients, &keys, mailbox_cap, now)
-                    .await;
+                return sqlite_commit::commit_sends(
+                    writer,
+                    requests,
+                    &recipients,
+                    &keys,
+                    mailbox_cap,
+                    now,
+                )
+                .await;
             }
         }
         with_tx!(self, |tx, pg| {
