@@ -24,6 +24,27 @@ use super::{
 
 mod sqlite_commit;
 
+/// Removes the transaction keys `$keys` (`&[&TxnKey]`) recorded earlier in the transaction on
+/// `$conn` whose requests were refused, so that a retry is not taken for a duplicate. One
+/// statement per key: refusals are rare.
+macro_rules! forget_txns {
+    ($conn:ident, $keys:expr) => {{
+        for txn in $keys {
+            sqlx::query(
+                "DELETE FROM txn_ids WHERE user_id = $1 AND device_id = $2 \
+                 AND endpoint = $3 AND txn_id = $4",
+            )
+            .bind(&txn.user_id)
+            .bind(&txn.device_id)
+            .bind(&txn.endpoint)
+            .bind(&txn.txn_id)
+            .execute(&mut *$conn)
+            .await?;
+        }
+    }};
+}
+use forget_txns;
+
 /// Counter state of one recipient device during a group commit.
 struct Head {
     /// Last allocated position.
@@ -710,18 +731,7 @@ impl Store {
             let heads = MailboxOps::load_heads(&mut *tx, &recipients).await?;
             let fresh = MailboxOps::record_txns(&mut *tx, &keys, now).await?;
             let plan = plan_batch(requests, &recipients, heads, fresh, mailbox_cap);
-            for txn in &plan.refused {
-                sqlx::query(
-                    "DELETE FROM txn_ids WHERE user_id = $1 AND device_id = $2 \
-                     AND endpoint = $3 AND txn_id = $4",
-                )
-                .bind(&txn.user_id)
-                .bind(&txn.device_id)
-                .bind(&txn.endpoint)
-                .bind(&txn.txn_id)
-                .execute(&mut *tx)
-                .await?;
-            }
+            forget_txns!(tx, &plan.refused);
             MailboxOps::insert_inbox(&mut *tx, &plan.rows, now).await?;
             // One notification for the whole batch (a few for a very long device list).
             let woken = wake_payloads(

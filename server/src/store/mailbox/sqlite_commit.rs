@@ -437,18 +437,7 @@ async fn two_commands(
     let plan = plan_batch(requests, recipients, heads, fresh, mailbox_cap);
 
     // Rare extras, each its own statement.
-    for txn in &plan.refused {
-        sqlx::query(
-            "DELETE FROM txn_ids WHERE user_id = $1 AND device_id = $2 \
-             AND endpoint = $3 AND txn_id = $4",
-        )
-        .bind(&txn.user_id)
-        .bind(&txn.device_id)
-        .bind(&txn.endpoint)
-        .bind(&txn.txn_id)
-        .execute(&mut *conn)
-        .await?;
-    }
+    super::forget_txns!(conn, &plan.refused);
     let tx = &mut *conn;
     crate::store::federation::enqueue_edus!(tx, plan.edus, now);
     // All but the last chunk of messages (more than SQLITE_CHUNK rows).
