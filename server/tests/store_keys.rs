@@ -7,7 +7,9 @@ mod common_db;
 
 use std::collections::BTreeSet;
 
-use hush_server::store::{KeyUpload, OtkUploadOutcome, PruneCutoffs, Store, StoreError};
+use hush_server::store::{
+    Claimed, KeyClaim, KeyUpload, OtkUploadOutcome, PruneCutoffs, Store, StoreError,
+};
 
 store_tests!(
     device_keys_change_detection,
@@ -17,6 +19,7 @@ store_tests!(
     claim_in_upload_order_not_key_id,
     concurrent_claimers_never_share_a_key,
     claimed_key_reupload_not_handed_out_again,
+    claim_keys_in_one_group,
     fallback_key_semantics,
     device_list_interest_and_changes,
     device_list_pruned_horizon,
@@ -294,6 +297,126 @@ async fn concurrent_claimers_never_share_a_key(store: Store) {
         .await
         .unwrap()
         .is_empty());
+}
+
+fn claim_of(user: &str, device: &str, bundle: bool) -> KeyClaim {
+    KeyClaim {
+        user_id: user.into(),
+        device_id: device.into(),
+        algorithm: ALG.into(),
+        bundle,
+    }
+}
+
+fn key_id(claimed: &Claimed) -> Option<&str> {
+    match claimed {
+        Claimed::Key(key) => Some(key.full_id.as_str()),
+        _ => None,
+    }
+}
+
+/// `claim_keys` as the API calls it: several calls in one group, key and bundle claims, the
+/// requester's device-list interest in each user it got keys of, and claimed keys remembered.
+async fn claim_keys_in_one_group(store: Store) {
+    const CAROL: &str = "@carol:hs.test";
+    user_with_device(&store, ALICE, "A").await;
+    user_with_device(&store, BOB, "B").await;
+    user_with_device(&store, CAROL, "C").await;
+    let o1 = key("O1", r#"{"key":"o1"}"#);
+    store
+        .add_one_time_keys(BOB, "B", &[o1.clone(), key("O2", r#"{"key":"o2"}"#)], 0)
+        .await
+        .unwrap();
+    store
+        .set_fallback_keys(BOB, "B", &[key("F", r#"{"key":"f","fallback":true}"#)])
+        .await
+        .unwrap();
+
+    // Alice: two key claims of bob's device, one of her own and one of carol's (no keys);
+    // carol: a bundle of bob's device and one of her own.
+    let alice_claims = [
+        claim_of(BOB, "B", false),
+        claim_of(BOB, "B", false),
+        claim_of(ALICE, "A", false),
+        claim_of(CAROL, "C", false),
+    ];
+    let carol_claims = [claim_of(BOB, "B", true), claim_of(CAROL, "C", true)];
+    let alice = store.claim_keys(&alice_claims, Some(ALICE), 1_000);
+    let carol = store.claim_keys(&carol_claims, Some(CAROL), 1_000);
+    let (alice, carol) = tokio::join!(alice, carol);
+    let (alice, carol) = (alice.unwrap(), carol.unwrap());
+    assert_eq!(alice.len(), 4);
+    assert_eq!(alice[2], Claimed::Nothing, "alice's device has no keys");
+    assert_eq!(alice[3], Claimed::Nothing, "carol's device has no keys");
+    assert_eq!(
+        carol[1],
+        Claimed::Nothing,
+        "carol's device has no signed prekey"
+    );
+    let Claimed::Bundle {
+        signed_prekey,
+        one_time_key,
+    } = &carol[0]
+    else {
+        panic!("a bundle: {carol:?}");
+    };
+    assert_eq!(signed_prekey.full_id, format!("{ALG}:F"));
+    // Both one-time keys are handed out once, in upload order, between the three claims of
+    // bob's device; whichever call ran last gets the fallback key.
+    let mut got: Vec<&str> = alice[..2].iter().filter_map(key_id).collect();
+    got.extend(one_time_key.iter().map(|k| k.full_id.as_str()));
+    got.sort_unstable();
+    let (o1_id, o2_id, f_id) = (format!("{ALG}:O1"), format!("{ALG}:O2"), format!("{ALG}:F"));
+    let expected_otks = vec![o1_id.as_str(), o2_id.as_str()];
+    if one_time_key.is_some() {
+        assert_eq!(got.len(), 3);
+        assert!(got.contains(&f_id.as_str()), "{got:?}");
+        got.retain(|id| *id != f_id);
+    }
+    assert_eq!(got, expected_otks, "{alice:?} {carol:?}");
+    assert!(store
+        .one_time_key_counts(BOB, "B")
+        .await
+        .unwrap()
+        .is_empty());
+    // A key claim that fell back to the fallback key marked it used; a bundle never does.
+    let unused = store.unused_fallback_key_types(BOB, "B").await.unwrap();
+    assert_eq!(unused.is_empty(), one_time_key.is_some(), "{unused:?}");
+
+    // Interest: alice and carol follow bob now; nobody follows alice or carol (no keys).
+    assert_eq!(
+        store.device_list_followers(&[BOB.into()]).await.unwrap(),
+        vec![ALICE.to_owned(), BOB.to_owned(), CAROL.to_owned()]
+    );
+    assert_eq!(
+        store.device_list_followers(&[CAROL.into()]).await.unwrap(),
+        vec![CAROL.to_owned()]
+    );
+    // Claimed keys are remembered: bob's client retrying its upload stores nothing.
+    store
+        .add_one_time_keys(BOB, "B", &[o1], 2_000)
+        .await
+        .unwrap();
+    assert!(store
+        .one_time_key_counts(BOB, "B")
+        .await
+        .unwrap()
+        .is_empty());
+    // Exhausted and without a fallback key: nothing, and no interest recorded.
+    store
+        .add_one_time_keys(CAROL, "C", &[key("X", r#"{"key":"x"}"#)], 0)
+        .await
+        .unwrap();
+    let out = store
+        .claim_keys(
+            &[claim_of(CAROL, "C", false), claim_of(CAROL, "C", false)],
+            None,
+            3_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(key_id(&out[0]), Some(format!("{ALG}:X").as_str()));
+    assert_eq!(out[1], Claimed::Nothing);
 }
 
 async fn claimed_key_reupload_not_handed_out_again(store: Store) {

@@ -7,6 +7,8 @@ use tokio::sync::oneshot;
 
 use super::notify::{wake_payload, WakeOnCommit};
 
+mod sqlite_claim;
+
 use super::{
     record_device_list_change, with_pools, with_tx, ClaimedKey, KeyUpload, Millis,
     OtkUploadOutcome, Store, StoreError, StoreResult,
@@ -520,6 +522,9 @@ impl Store {
         &self,
         jobs: &[(&[KeyClaim], Option<&str>, Millis)],
     ) -> StoreResult<Vec<Vec<Claimed>>> {
+        if let super::Backend::Sqlite { writer, .. } = &self.backend {
+            return sqlite_claim::claim_group(writer, jobs).await;
+        }
         with_tx!(self, |tx, pg| {
             let mut all = Vec::with_capacity(jobs.len());
             for &(claims, observer, now) in jobs {
