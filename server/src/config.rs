@@ -53,6 +53,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How long a graceful shutdown waits for in-flight requests (seconds).
     pub shutdown_grace_secs: u64,
+    /// Threads of the async runtime; 0 = automatic ([`Config::runtime_threads`]).
+    pub worker_threads: usize,
     /// Take the client address for per-IP rate limits from the last `X-Forwarded-For` entry
     /// (only behind a reverse proxy that sets it).
     pub trust_forwarded_for: bool,
@@ -198,6 +200,7 @@ impl Default for Config {
             signing_key_path: PathBuf::from("data/signing.key"),
             log_format: LogFormat::Text,
             shutdown_grace_secs: 20,
+            worker_threads: 0,
             trust_forwarded_for: false,
             tls: None,
             limits: Limits::default(),
@@ -267,6 +270,7 @@ impl fmt::Debug for Config {
             .field("signing_key_path", &self.signing_key_path)
             .field("log_format", &self.log_format)
             .field("shutdown_grace_secs", &self.shutdown_grace_secs)
+            .field("worker_threads", &self.worker_threads)
             .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("tls", &self.tls)
             .field("limits", &self.limits)
@@ -362,6 +366,20 @@ impl Config {
         }
     }
 
+    /// How many threads the async runtime gets: `worker_threads`, or when that is 0, one on
+    /// SQLite and one per available CPU on PostgreSQL. On SQLite every query already runs on
+    /// a thread of its own (sqlx's per-connection worker), so the runtime only parses, checks
+    /// and answers requests; with a second runtime thread each hand-off between a database
+    /// thread and the runtime also wakes the other runtime thread, which cost more than it
+    /// gave on the measured machines (docs/performance.md).
+    pub fn runtime_threads(&self) -> usize {
+        match self.worker_threads {
+            0 if self.database_url.starts_with("sqlite://") => 1,
+            0 => std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            n => n,
+        }
+    }
+
     /// Loads `path` (or only the defaults when `None`), applies the `HUSHD_*` environment
     /// overrides and validates the result.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -432,6 +450,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "signing_key_path",
                 "must not be empty",
+            ));
+        }
+        if self.worker_threads > 1024 {
+            return Err(ConfigError::invalid(
+                "worker_threads",
+                "must be at most 1024 (0 = automatic)",
             ));
         }
         if self.shutdown_grace_secs > 3600 {
@@ -763,6 +787,7 @@ const KEY_DOCS: &[KeyDoc] = &[
     KeyDoc { key: "signing_key_path", doc: "The Ed25519 server signing key written by `hushd init`. Back it up with the database." },
     KeyDoc { key: "log_format", doc: "\"text\" or \"json\" (one object per line). The level comes from RUST_LOG (default \"info\")." },
     KeyDoc { key: "shutdown_grace_secs", doc: "On SIGTERM or Ctrl-C: stop accepting, then wait at most this long for in-flight requests." },
+    KeyDoc { key: "worker_threads", doc: "Threads of the async runtime. 0 = automatic: 1 on SQLite (its queries run on threads of their own, and one runtime thread saves a cross-thread wake-up at every hand-off), one per CPU on PostgreSQL." },
     KeyDoc { key: "trust_forwarded_for", doc: "Behind a reverse proxy: take the client IP for per-IP rate limits from X-Forwarded-For (last entry). Leave false when clients connect directly." },
     KeyDoc { key: "tls.cert", doc: "PEM certificate chain. Without a [tls] section hushd speaks plain HTTP (for use behind a reverse proxy)." },
     KeyDoc { key: "tls.key", doc: "PEM private key (PKCS#8, PKCS#1 or SEC1) for tls.cert." },
@@ -939,6 +964,20 @@ mod tests {
         assert_eq!(config.server_name, "localhost:8008");
         assert_eq!(config.limits.sync_batch, 100);
         assert!(config.tls.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn runtime_threads_follow_the_backend_unless_set() -> Result<(), ConfigError> {
+        assert_eq!(load_text("", &[])?.runtime_threads(), 1, "SQLite");
+        let pg = load_text("database_url = \"postgres://u@db/hush\"", &[])?;
+        assert_eq!(
+            pg.runtime_threads(),
+            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+        );
+        let set = load_text("", &[("HUSHD_WORKER_THREADS", "3")])?;
+        assert_eq!(set.runtime_threads(), 3);
+        assert!(err_text("worker_threads = 5000").starts_with("worker_threads: "));
         Ok(())
     }
 

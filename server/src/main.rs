@@ -191,10 +191,17 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(code).unwrap_or(2));
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `serve` sizes its runtime from its configuration (read again, and used, by `run`).
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if matches!(cli.command, None | Some(Command::Serve)) {
+        match load_serve_config(cli.config.as_deref()) {
+            Ok(config) => {
+                builder.worker_threads(config.runtime_threads());
+            }
+            Err(e) => return exit_with(Failure::from(e)),
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hushd: cannot start the async runtime: {e}");
@@ -203,30 +210,42 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Usage(message)) => {
+        Err(failure) => exit_with(failure),
+    }
+}
+
+/// The configuration of `serve`: the development defaults without a file, else the file's.
+fn load_serve_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+    let base = if path.is_none() {
+        Config::dev()
+    } else {
+        Config::default()
+    };
+    Config::load_with(base, path, |k| std::env::var(k).ok())
+}
+
+/// Prints a failure and turns it into the exit code.
+fn exit_with(failure: Failure) -> ExitCode {
+    match failure {
+        Failure::Usage(message) => {
             eprintln!("hushd: {message}");
             ExitCode::from(2)
         }
-        Err(Failure::Runtime(message)) => {
+        Failure::Runtime(message) => {
             eprintln!("hushd: {message}");
             ExitCode::from(1)
         }
     }
 }
 
+/// Runs the command.
 async fn run(cli: Cli) -> Result<(), Failure> {
     let config_path = cli.config.as_deref();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            let dev = config_path.is_none();
-            let base = if dev {
-                Config::dev()
-            } else {
-                Config::default()
-            };
-            let config = Config::load_with(base, config_path, |k| std::env::var(k).ok())?;
+            let config = load_serve_config(config_path)?;
             init_logging(config.log_format, "info");
-            serve_command(config, dev).await
+            serve_command(config, config_path.is_none()).await
         }
         Command::Init { server_name, dir } => init_command(&server_name, &dir),
         Command::Migrate => {
