@@ -112,6 +112,32 @@ impl SqliteWriter {
         Ok(())
     }
 
+    /// Runs `body` as a raw transaction on the locked writer connection `conn`:
+    /// [`SqliteWriter::begin_raw`] first; `body`'s own statements begin (`BEGIN IMMEDIATE`)
+    /// and, when it succeeds, commit. On an error the connection is marked for reopening if
+    /// the error calls for it and the transaction is rolled back (if that fails too, the next
+    /// [`SqliteWriter::lock`] rolls back instead); the error is returned.
+    pub(super) async fn in_raw_transaction<T>(
+        &self,
+        conn: &mut SqliteConnection,
+        body: impl AsyncFnOnce(&mut SqliteConnection) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        self.begin_raw(conn).await?;
+        match body(conn).await {
+            Ok(out) => {
+                self.raw_finished();
+                Ok(out)
+            }
+            Err(e) => {
+                if let StoreError::Database(db) = &e {
+                    self.note_error(db);
+                }
+                let _ = self.rollback_raw(conn).await;
+                Err(e)
+            }
+        }
+    }
+
     /// Records that the raw transaction begun after [`SqliteWriter::begin_raw`] has committed.
     pub(super) fn raw_finished(&self) {
         self.raw_open.store(false, Ordering::Release);

@@ -130,6 +130,81 @@ fn class_index(n: usize) -> usize {
         .unwrap_or(SQLITE_CLASSES.len() - 1)
 }
 
+/// The padded row count (class size) of a statement for `n` rows (`n <= SQLITE_CHUNK`).
+fn class_rows(n: usize) -> usize {
+    SQLITE_CLASSES
+        .get(class_index(n))
+        .copied()
+        .unwrap_or(SQLITE_CHUNK)
+}
+
+/// A query on SQLite with its arguments.
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds one row of a padded multi-row `VALUES` per item of `rows` (its `width` values bound
+/// by `bind_row`), then NULLs for the padding rows up to `class` rows. Padding rows are all
+/// NULL, which every statement filters out (NULL equals nothing, whatever its declared type).
+fn bind_rows<'q, T>(
+    mut query: SqliteQuery<'q>,
+    rows: impl ExactSizeIterator<Item = T>,
+    width: usize,
+    class: usize,
+    bind_row: impl Fn(SqliteQuery<'q>, T) -> SqliteQuery<'q>,
+) -> SqliteQuery<'q> {
+    let padding = class.saturating_sub(rows.len()) * width;
+    for row in rows {
+        query = bind_row(query, row);
+    }
+    for _ in 0..padding {
+        query = query.bind(None::<&str>);
+    }
+    query
+}
+
+/// Binds a transaction key as `(user, device, endpoint, txn_id)`.
+fn bind_key<'q>(query: SqliteQuery<'q>, key: &'q TxnKey) -> SqliteQuery<'q> {
+    query
+        .bind(key.user_id.as_str())
+        .bind(key.device_id.as_str())
+        .bind(key.endpoint.as_str())
+        .bind(key.txn_id.as_str())
+}
+
+/// Binds a message as `(user, device, pos, sender, event type, content)`; `pos` is the
+/// position, or in the one-command path the offset added to the device's last position.
+fn bind_message<'q>(
+    query: SqliteQuery<'q>,
+    message: &'q ToDeviceMessage,
+    pos: i64,
+) -> SqliteQuery<'q> {
+    query
+        .bind(message.user_id.as_str())
+        .bind(message.device_id.as_str())
+        .bind(pos)
+        .bind(message.sender.as_str())
+        .bind(message.event_type.as_str())
+        .bind(message.content.as_str())
+}
+
+/// Binds `(user, device, n)`: a device with a position or a message count.
+fn bind_device_number<'q>(
+    query: SqliteQuery<'q>,
+    &(user_id, device_id, n): &(&'q str, &'q str, i64),
+) -> SqliteQuery<'q> {
+    query.bind(user_id).bind(device_id).bind(n)
+}
+
+/// Binds `(index, user, device)` of the `index`th recipient for a head read.
+fn bind_head_probe<'q>(
+    query: SqliteQuery<'q>,
+    (index, &(user_id, device_id)): (usize, &(&'q str, &'q str)),
+) -> SqliteQuery<'q> {
+    query
+        .bind(i64::try_from(index).unwrap_or(i64::MAX))
+        .bind(user_id)
+        .bind(device_id)
+}
+
 /// `head` + `(VALUES (?2, ..), ..)` with `rows` rows of `width` numbered parameters starting at
 /// `?2` (`?1` is left for a per-statement value such as the timestamp) + `tail`.
 fn values_sql(head: &str, width: usize, rows: usize, tail: &str) -> String {
@@ -212,21 +287,15 @@ impl MailboxOps for sqlx::SqliteConnection {
         let mut out = Vec::with_capacity(recipients.len());
         for (c, chunk) in recipients.chunks(SQLITE_CHUNK).enumerate() {
             let class = class_index(chunk.len());
-            let padding = SQLITE_CLASSES.get(class).map_or(0, |n| n - chunk.len());
             let offset = c * SQLITE_CHUNK;
             // `?1` is not used by this statement.
-            let mut query =
-                sqlx::query(class_sql(&SQLITE_HEADS_SQL, class, sqlite_heads_sql)).bind(0_i64);
-            for (i, &(user_id, device_id)) in chunk.iter().enumerate() {
-                let index = i64::try_from(offset + i).unwrap_or(i64::MAX);
-                query = query.bind(index).bind(user_id).bind(device_id);
-            }
-            for _ in 0..padding {
-                query = query
-                    .bind(None::<i64>)
-                    .bind(None::<&str>)
-                    .bind(None::<&str>);
-            }
+            let query = bind_rows(
+                sqlx::query(class_sql(&SQLITE_HEADS_SQL, class, sqlite_heads_sql)).bind(0_i64),
+                chunk.iter().enumerate().map(|(i, r)| (offset + i, r)),
+                3,
+                class_rows(chunk.len()),
+                bind_head_probe,
+            );
             for row in query.fetch_all(&mut *self).await? {
                 let index: i64 = row.try_get(0)?;
                 let Ok(index) = usize::try_from(index) else {
@@ -242,23 +311,19 @@ impl MailboxOps for sqlx::SqliteConnection {
     async fn store_heads(&mut self, heads: &[(&str, &str, i64)]) -> Result<(), sqlx::Error> {
         for chunk in heads.chunks(SQLITE_CHUNK) {
             let class = class_index(chunk.len());
-            let padding = SQLITE_CLASSES.get(class).map_or(0, |n| n - chunk.len());
             // `?1` is not used by this statement.
-            let mut query = sqlx::query(class_sql(
-                &SQLITE_STORE_HEADS_SQL,
-                class,
-                sqlite_store_heads_sql,
-            ))
-            .bind(0_i64);
-            for &(user_id, device_id, last) in chunk {
-                query = query.bind(user_id).bind(device_id).bind(last);
-            }
-            for _ in 0..padding {
-                query = query
-                    .bind(None::<&str>)
-                    .bind(None::<&str>)
-                    .bind(None::<i64>);
-            }
+            let query = bind_rows(
+                sqlx::query(class_sql(
+                    &SQLITE_STORE_HEADS_SQL,
+                    class,
+                    sqlite_store_heads_sql,
+                ))
+                .bind(0_i64),
+                chunk.iter(),
+                3,
+                class_rows(chunk.len()),
+                bind_device_number,
+            );
             query.execute(&mut *self).await?;
         }
         Ok(())
@@ -272,27 +337,13 @@ impl MailboxOps for sqlx::SqliteConnection {
     ) -> Result<(), sqlx::Error> {
         for chunk in rows.chunks(SQLITE_CHUNK) {
             let class = class_index(chunk.len());
-            let padding = SQLITE_CLASSES.get(class).map_or(0, |c| c - chunk.len());
-            let mut query =
-                sqlx::query(class_sql(&SQLITE_INBOX_SQL, class, sqlite_inbox_sql)).bind(now);
-            for row in chunk {
-                query = query
-                    .bind(row.message.user_id.as_str())
-                    .bind(row.message.device_id.as_str())
-                    .bind(row.pos)
-                    .bind(row.message.sender.as_str())
-                    .bind(row.message.event_type.as_str())
-                    .bind(row.message.content.as_str());
-            }
-            for _ in 0..padding {
-                query = query
-                    .bind(None::<&str>)
-                    .bind(None::<&str>)
-                    .bind(None::<i64>)
-                    .bind(None::<&str>)
-                    .bind(None::<&str>)
-                    .bind(None::<&str>);
-            }
+            let query = bind_rows(
+                sqlx::query(class_sql(&SQLITE_INBOX_SQL, class, sqlite_inbox_sql)).bind(now),
+                chunk.iter(),
+                6,
+                class_rows(chunk.len()),
+                |q, row| bind_message(q, row.message, row.pos),
+            );
             query.execute(&mut *self).await?;
         }
         Ok(())
@@ -306,23 +357,13 @@ impl MailboxOps for sqlx::SqliteConnection {
         let mut fresh = HashSet::with_capacity(keys.len());
         for chunk in keys.chunks(SQLITE_CHUNK) {
             let class = class_index(chunk.len());
-            let padding = SQLITE_CLASSES.get(class).map_or(0, |c| c - chunk.len());
-            let mut query =
-                sqlx::query(class_sql(&SQLITE_TXN_SQL, class, sqlite_txn_sql)).bind(now);
-            for key in chunk {
-                query = query
-                    .bind(key.user_id.as_str())
-                    .bind(key.device_id.as_str())
-                    .bind(key.endpoint.as_str())
-                    .bind(key.txn_id.as_str());
-            }
-            for _ in 0..padding {
-                query = query
-                    .bind(None::<&str>)
-                    .bind(None::<&str>)
-                    .bind(None::<&str>)
-                    .bind(None::<&str>);
-            }
+            let query = bind_rows(
+                sqlx::query(class_sql(&SQLITE_TXN_SQL, class, sqlite_txn_sql)).bind(now),
+                chunk.iter(),
+                4,
+                class_rows(chunk.len()),
+                |q, key| bind_key(q, key),
+            );
             for row in query.fetch_all(&mut *self).await? {
                 fresh.insert((
                     row.try_get(0)?,

@@ -24,7 +24,7 @@ use sqlx::Row;
 
 use super::{Claimed, KeyClaim, INTEREST_REFRESH_MS};
 use crate::store::connect::SqliteWriter;
-use crate::store::{ClaimedKey, Millis, StoreError, StoreResult};
+use crate::store::{ClaimedKey, Millis, StoreResult};
 
 /// "The device has a one-time key of the algorithm."
 const HAS_OTK: &str = "EXISTS (SELECT 1 FROM one_time_keys \
@@ -109,22 +109,9 @@ pub(super) async fn claim_group(
         return Ok(jobs.iter().map(|_| Vec::new()).collect());
     }
     let mut guard = writer.lock().await?;
-    let conn: &mut sqlx::SqliteConnection = &mut guard;
-    writer.begin_raw(conn).await?;
-    match claim_all(conn, jobs, total).await {
-        Ok(results) => {
-            writer.raw_finished();
-            Ok(results)
-        }
-        Err(e) => {
-            if let StoreError::Database(db) = &e {
-                writer.note_error(db);
-            }
-            // On failure the writer stays marked and the next user rolls back instead.
-            let _ = writer.rollback_raw(conn).await;
-            Err(e)
-        }
-    }
+    writer
+        .in_raw_transaction(&mut guard, async |conn| claim_all(conn, jobs, total).await)
+        .await
 }
 
 /// The commands of [`claim_group`]; `total` is the number of claims (at least one).

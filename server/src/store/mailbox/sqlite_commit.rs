@@ -23,7 +23,10 @@ use std::collections::{BTreeSet, HashSet};
 
 use sqlx::Row;
 
-use super::{class_index, plan_batch, push_values, MailboxOps, SQLITE_CHUNK, SQLITE_CLASSES};
+use super::{
+    bind_device_number, bind_head_probe, bind_key, bind_message, bind_rows, class_rows, plan_batch,
+    push_values, MailboxOps, SQLITE_CHUNK,
+};
 use crate::store::connect::SqliteWriter;
 use crate::store::{
     Millis, OutboundEdu, SendOutcome, SendRequest, StoreError, StoreResult, TxnKey,
@@ -47,39 +50,21 @@ pub(super) async fn commit_sends(
     let mut guard = writer.lock().await?;
     let conn: &mut sqlx::SqliteConnection = &mut guard;
     if let Some(batch) = OneCommandBatch::new(requests, recipients, keys) {
-        writer.begin_raw(conn).await?;
-        match one_command(conn, &batch, mailbox_cap, now).await {
-            Ok(outcomes) => {
-                writer.raw_finished();
-                return Ok(outcomes);
-            }
-            Err(e) => {
-                let conflict = is_conflict(&e);
-                if let StoreError::Database(db) = &e {
-                    writer.note_error(db);
-                }
-                writer.rollback_raw(conn).await?;
-                if !conflict {
-                    return Err(e);
-                }
-            }
+        let one = writer
+            .in_raw_transaction(conn, async |conn| {
+                one_command(conn, &batch, mailbox_cap, now).await
+            })
+            .await;
+        match one {
+            Err(e) if is_conflict(&e) => {}
+            result => return result,
         }
     }
-    writer.begin_raw(conn).await?;
-    match two_commands(conn, requests, recipients, keys, mailbox_cap, now).await {
-        Ok(outcomes) => {
-            writer.raw_finished();
-            Ok(outcomes)
-        }
-        Err(e) => {
-            if let StoreError::Database(db) = &e {
-                writer.note_error(db);
-            }
-            // On failure the writer stays marked and the next user rolls back instead.
-            let _ = writer.rollback_raw(conn).await;
-            Err(e)
-        }
-    }
+    writer
+        .in_raw_transaction(conn, async |conn| {
+            two_commands(conn, requests, recipients, keys, mailbox_cap, now).await
+        })
+        .await
 }
 
 /// Whether `error` is one of the refusals [`one_command`] relies on (a used transaction key,
@@ -153,14 +138,6 @@ impl<'r> OneCommandBatch<'r> {
         })
     }
 
-    /// The row class (padded row count) of `n` rows.
-    fn class(n: usize) -> usize {
-        SQLITE_CLASSES
-            .get(class_index(n))
-            .copied()
-            .unwrap_or(SQLITE_CHUNK)
-    }
-
     /// The command's SQL and the number of trailing filler arguments it needs. `?1` is `now`,
     /// `?2` the mailbox cap; the device counts are bound once and used by both the cap check
     /// and the head update, the EDU rows by both EDU statements.
@@ -173,9 +150,9 @@ impl<'r> OneCommandBatch<'r> {
     /// rows), so the command binds that many extra NULLs at the end to keep the count inside
     /// the list.
     fn sql(&self) -> (String, usize) {
-        let (count_rows, key_rows) = (Self::class(self.counts.len()), Self::class(self.keys.len()));
-        let message_rows = Self::class(self.rows.len());
-        let edu_rows = Self::class(self.edus.len());
+        let (count_rows, key_rows) = (class_rows(self.counts.len()), class_rows(self.keys.len()));
+        let message_rows = class_rows(self.rows.len());
+        let edu_rows = class_rows(self.edus.len());
         let mut sql = String::with_capacity(
             1024 + (2 * count_rows * 3 + key_rows * 4 + message_rows * 6 + 2 * edu_rows * 3) * 7,
         );
@@ -256,64 +233,33 @@ async fn one_command(
 ) -> StoreResult<Vec<SendOutcome>> {
     let (sql, filler) = batch.sql();
     let mut query = sqlx::query(&sql).bind(now).bind(mailbox_cap);
-    if !batch.counts.is_empty() {
-        for &(user_id, device_id, count) in &batch.counts {
-            query = query.bind(user_id).bind(device_id).bind(count);
-        }
-        for _ in batch.counts.len()..OneCommandBatch::class(batch.counts.len()) {
-            query = query
-                .bind(None::<&str>)
-                .bind(None::<&str>)
-                .bind(None::<i64>);
-        }
+    let counts = batch.counts.len();
+    if counts > 0 {
+        query = bind_rows(
+            query,
+            batch.counts.iter(),
+            3,
+            class_rows(counts),
+            bind_device_number,
+        );
     }
-    for key in batch.keys {
-        query = query
-            .bind(key.user_id.as_str())
-            .bind(key.device_id.as_str())
-            .bind(key.endpoint.as_str())
-            .bind(key.txn_id.as_str());
+    let keys = batch.keys.len();
+    query = bind_rows(query, batch.keys.iter(), 4, class_rows(keys), |q, key| {
+        bind_key(q, key)
+    });
+    let rows = batch.rows.len();
+    if rows > 0 {
+        query = bind_rows(query, batch.rows.iter(), 6, class_rows(rows), |q, row| {
+            bind_message(q, row.message, row.offset)
+        });
     }
-    for _ in batch.keys.len()..OneCommandBatch::class(batch.keys.len()) {
-        query = query
-            .bind(None::<&str>)
-            .bind(None::<&str>)
-            .bind(None::<&str>)
-            .bind(None::<&str>);
-    }
-    if !batch.rows.is_empty() {
-        for row in &batch.rows {
-            query = query
-                .bind(row.message.user_id.as_str())
-                .bind(row.message.device_id.as_str())
-                .bind(row.offset)
-                .bind(row.message.sender.as_str())
-                .bind(row.message.event_type.as_str())
-                .bind(row.message.content.as_str());
-        }
-        for _ in batch.rows.len()..OneCommandBatch::class(batch.rows.len()) {
-            query = query
-                .bind(None::<&str>)
-                .bind(None::<&str>)
-                .bind(None::<i64>)
-                .bind(None::<&str>)
-                .bind(None::<&str>)
-                .bind(None::<&str>);
-        }
-    }
-    if !batch.edus.is_empty() {
-        for edu in &batch.edus {
-            query = query
-                .bind(edu.destination.as_str())
+    let edus = batch.edus.len();
+    if edus > 0 {
+        query = bind_rows(query, batch.edus.iter(), 3, class_rows(edus), |q, edu| {
+            q.bind(edu.destination.as_str())
                 .bind(edu.edu_type.as_str())
-                .bind(edu.content.as_str());
-        }
-        for _ in batch.edus.len()..OneCommandBatch::class(batch.edus.len()) {
-            query = query
-                .bind(None::<&str>)
-                .bind(None::<&str>)
-                .bind(None::<&str>);
-        }
+                .bind(edu.content.as_str())
+        });
     }
     for _ in 0..filler {
         query = query.bind(None::<i64>);
@@ -359,14 +305,7 @@ async fn two_commands(
     now: Millis,
 ) -> StoreResult<Vec<SendOutcome>> {
     // 1. BEGIN IMMEDIATE; heads (kind 0); fresh keys (kind 1). `?1` is `now`.
-    let head_rows = SQLITE_CLASSES
-        .get(class_index(recipients.len()))
-        .copied()
-        .unwrap_or(SQLITE_CHUNK);
-    let key_rows = SQLITE_CLASSES
-        .get(class_index(keys.len()))
-        .copied()
-        .unwrap_or(SQLITE_CHUNK);
+    let (head_rows, key_rows) = (class_rows(recipients.len()), class_rows(keys.len()));
     let mut sql = String::with_capacity(256 + (head_rows * 3 + key_rows * 4) * 7);
     let mut next = 2;
     sql.push_str("BEGIN IMMEDIATE; ");
@@ -390,33 +329,15 @@ async fn two_commands(
     );
     let mut query = sqlx::query(&sql).bind(now);
     if !recipients.is_empty() {
-        for (i, &(user_id, device_id)) in recipients.iter().enumerate() {
-            query = query
-                .bind(i64::try_from(i).unwrap_or(i64::MAX))
-                .bind(user_id)
-                .bind(device_id);
-        }
-        for _ in recipients.len()..head_rows {
-            query = query
-                .bind(None::<i64>)
-                .bind(None::<&str>)
-                .bind(None::<&str>);
-        }
+        query = bind_rows(
+            query,
+            recipients.iter().enumerate(),
+            3,
+            head_rows,
+            bind_head_probe,
+        );
     }
-    for key in keys {
-        query = query
-            .bind(key.user_id.as_str())
-            .bind(key.device_id.as_str())
-            .bind(key.endpoint.as_str())
-            .bind(key.txn_id.as_str());
-    }
-    for _ in keys.len()..key_rows {
-        query = query
-            .bind(None::<&str>)
-            .bind(None::<&str>)
-            .bind(None::<&str>)
-            .bind(None::<&str>);
-    }
+    let query = bind_rows(query, keys.iter(), 4, key_rows, |q, key| bind_key(q, key));
     let mut heads = Vec::with_capacity(recipients.len());
     let mut fresh = HashSet::with_capacity(keys.len());
     for row in query.fetch_all(&mut *conn).await? {
@@ -454,14 +375,7 @@ async fn two_commands(
     // 2. messages; heads; COMMIT. `?1` is `now`.
     let mut sql = String::with_capacity(64 + (rows.len() * 6 + advanced.len() * 3) * 8);
     let mut next = 2;
-    let row_class = SQLITE_CLASSES
-        .get(class_index(rows.len()))
-        .copied()
-        .unwrap_or(SQLITE_CHUNK);
-    let head_class = SQLITE_CLASSES
-        .get(class_index(advanced.len()))
-        .copied()
-        .unwrap_or(SQLITE_CHUNK);
+    let (row_class, head_class) = (class_rows(rows.len()), class_rows(advanced.len()));
     if !rows.is_empty() {
         sql.push_str(
             "INSERT INTO to_device_inbox \
@@ -479,35 +393,12 @@ async fn two_commands(
     sql.push_str("COMMIT");
     let mut query = sqlx::query(&sql).bind(now);
     if !rows.is_empty() {
-        for row in rows {
-            query = query
-                .bind(row.message.user_id.as_str())
-                .bind(row.message.device_id.as_str())
-                .bind(row.pos)
-                .bind(row.message.sender.as_str())
-                .bind(row.message.event_type.as_str())
-                .bind(row.message.content.as_str());
-        }
-        for _ in rows.len()..row_class {
-            query = query
-                .bind(None::<&str>)
-                .bind(None::<&str>)
-                .bind(None::<i64>)
-                .bind(None::<&str>)
-                .bind(None::<&str>)
-                .bind(None::<&str>);
-        }
+        query = bind_rows(query, rows.iter(), 6, row_class, |q, row| {
+            bind_message(q, row.message, row.pos)
+        });
     }
     if !advanced.is_empty() {
-        for &(user_id, device_id, last) in advanced {
-            query = query.bind(user_id).bind(device_id).bind(last);
-        }
-        for _ in advanced.len()..head_class {
-            query = query
-                .bind(None::<&str>)
-                .bind(None::<&str>)
-                .bind(None::<i64>);
-        }
+        query = bind_rows(query, advanced.iter(), 3, head_class, bind_device_number);
     }
     query.execute(&mut *conn).await?;
     Ok(plan.outcomes)
