@@ -319,6 +319,24 @@ impl Receiver {
             max_concurrent: max_concurrent.clone(),
             current,
         };
+        /// One request counted in `current` until it ends, also when it ends by being dropped
+        /// (its sender was killed and the connection closed mid-request): a dropped request
+        /// that stayed counted would look like a transaction in flight forever.
+        struct InFlight {
+            current: Arc<Mutex<HashMap<String, usize>>>,
+            txn_id: String,
+        }
+        impl Drop for InFlight {
+            fn drop(&mut self) {
+                let mut current = self.current.lock().unwrap();
+                if let Some(n) = current.get_mut(&self.txn_id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        current.remove(&self.txn_id);
+                    }
+                }
+            }
+        }
         async fn send(
             State(ctx): State<Ctx>,
             Path(txn_id): Path<String>,
@@ -329,18 +347,14 @@ impl Receiver {
                 *current.entry(txn_id.clone()).or_insert(0) += 1;
                 current.len()
             };
+            let in_flight = InFlight {
+                current: ctx.current.clone(),
+                txn_id: txn_id.clone(),
+            };
             ctx.max_concurrent.fetch_max(distinct, Ordering::SeqCst);
             // Hold the request a little so that two senders would overlap.
             tokio::time::sleep(Duration::from_millis(30)).await;
-            {
-                let mut current = ctx.current.lock().unwrap();
-                if let Some(n) = current.get_mut(&txn_id) {
-                    *n -= 1;
-                    if *n == 0 {
-                        current.remove(&txn_id);
-                    }
-                }
-            }
+            drop(in_flight);
             if ctx.failing.load(Ordering::SeqCst) {
                 ctx.recorded.lock().unwrap().refused += 1;
                 return (

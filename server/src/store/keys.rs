@@ -7,6 +7,7 @@ use tokio::sync::oneshot;
 
 use super::notify::{wake_payload, WakeOnCommit};
 
+mod pg_claim;
 mod sqlite_claim;
 
 use super::{
@@ -522,97 +523,10 @@ impl Store {
         &self,
         jobs: &[(&[KeyClaim], Option<&str>, Millis)],
     ) -> StoreResult<Vec<Vec<Claimed>>> {
-        if let super::Backend::Sqlite { writer, .. } = &self.backend {
-            return sqlite_claim::claim_group(writer, jobs).await;
+        match &self.backend {
+            super::Backend::Sqlite { writer, .. } => sqlite_claim::claim_group(writer, jobs).await,
+            super::Backend::Postgres(pool) => pg_claim::claim_group(pool, jobs).await,
         }
-        with_tx!(self, |tx, pg| {
-            let mut all = Vec::with_capacity(jobs.len());
-            for &(claims, observer, now) in jobs {
-                let mut out = Vec::with_capacity(claims.len());
-                let mut targets: Vec<&str> = Vec::new();
-                for claim in claims {
-                    let (user, device, algorithm) = (
-                        claim.user_id.as_str(),
-                        claim.device_id.as_str(),
-                        claim.algorithm.as_str(),
-                    );
-                    let got = if claim.bundle {
-                        let row = sqlx::query(
-                            "SELECT key_id, key_json FROM fallback_keys \
-                         WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",
-                        )
-                        .bind(user)
-                        .bind(device)
-                        .bind(algorithm)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        match row {
-                            None => Claimed::Nothing,
-                            Some(row) => {
-                                let key_id: String = row.try_get("key_id")?;
-                                let signed_prekey = ClaimedKey {
-                                    full_id: format!("{algorithm}:{key_id}"),
-                                    json: row.try_get("key_json")?,
-                                };
-                                let one_time_key = claim_otk!(tx, pg, user, device, algorithm, now);
-                                Claimed::Bundle {
-                                    signed_prekey,
-                                    one_time_key,
-                                }
-                            }
-                        }
-                    } else {
-                        match claim_otk!(tx, pg, user, device, algorithm, now) {
-                            Some(key) => Claimed::Key(key),
-                            None => {
-                                let row = sqlx::query(
-                                    "UPDATE fallback_keys SET used = TRUE \
-                                 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
-                                 RETURNING key_id, key_json",
-                                )
-                                .bind(user)
-                                .bind(device)
-                                .bind(algorithm)
-                                .fetch_optional(&mut *tx)
-                                .await?;
-                                match row {
-                                    None => Claimed::Nothing,
-                                    Some(row) => {
-                                        let key_id: String = row.try_get("key_id")?;
-                                        Claimed::Key(ClaimedKey {
-                                            full_id: format!("{algorithm}:{key_id}"),
-                                            json: row.try_get("key_json")?,
-                                        })
-                                    }
-                                }
-                            }
-                        }
-                    };
-                    if got != Claimed::Nothing && !targets.contains(&user) {
-                        targets.push(user);
-                    }
-                    out.push(got);
-                }
-                if let Some(observer) = observer {
-                    for target in targets.into_iter().filter(|t| *t != observer) {
-                        sqlx::query(
-                            "INSERT INTO device_list_interest (observer, target, updated_ts) \
-                         VALUES ($1, $2, $3) ON CONFLICT (observer, target) \
-                         DO UPDATE SET updated_ts = excluded.updated_ts \
-                         WHERE device_list_interest.updated_ts < $4",
-                        )
-                        .bind(observer)
-                        .bind(target)
-                        .bind(now)
-                        .bind(now - INTEREST_REFRESH_MS)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-                all.push(out);
-            }
-            all
-        })
     }
 }
 
