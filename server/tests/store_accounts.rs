@@ -5,6 +5,7 @@
 #[macro_use]
 mod common_db;
 
+use common_db::claim;
 use hush_server::store::{
     KeyUpload, RegistrationTokenRow, SendOutcome, SendRequest, Store, StoreError, ToDeviceMessage,
     TokenOwner, TxnKey,
@@ -436,10 +437,8 @@ async fn device_delete_purges_everything(store: Store) {
             .await
             .unwrap();
         // One claimed key, so the claimed-key memory has a row too.
-        store
-            .claim_one_time_key(ALICE, device, "signed_curve25519")
+        claim(&store, ALICE, device, "signed_curve25519")
             .await
-            .unwrap()
             .unwrap();
         deliver(&store, ALICE, device, &format!("m-{device}")).await;
     }

@@ -7,6 +7,7 @@ mod common_db;
 
 use std::collections::BTreeSet;
 
+use common_db::{claim, claim_as};
 use hush_server::store::{
     Claimed, KeyClaim, KeyUpload, OtkUploadOutcome, PruneCutoffs, Store, StoreError,
 };
@@ -136,11 +137,7 @@ async fn otk_upload_idempotent_and_overlap(store: Store) {
     let counts = store.one_time_key_counts(ALICE, "D").await.unwrap();
     assert_eq!(counts.len(), 2);
     assert_eq!(counts["curve25519"], 1);
-    let claimed = store
-        .claim_one_time_key(ALICE, "D", "curve25519")
-        .await
-        .unwrap()
-        .unwrap();
+    let claimed = claim(&store, ALICE, "D", "curve25519").await.unwrap();
     assert_eq!(claimed.full_id, "curve25519:L");
     assert_eq!(claimed.json, r#""c2FtcGxl""#);
 }
@@ -169,11 +166,7 @@ async fn otk_conflict_rolls_back_upload(store: Store) {
     );
     // Nothing of the conflicting upload was stored, the old key is unchanged.
     assert_eq!(store.one_time_key_counts(ALICE, "D").await.unwrap()[ALG], 1);
-    let claimed = store
-        .claim_one_time_key(ALICE, "D", ALG)
-        .await
-        .unwrap()
-        .unwrap();
+    let claimed = claim(&store, ALICE, "D", ALG).await.unwrap();
     assert_eq!(claimed.json, r#"{"key":"a"}"#);
     // Two different keys under one ID in the same upload conflict too.
     let twice = [key("X", r#"{"key":"1"}"#), key("X", r#"{"key":"2"}"#)];
@@ -205,10 +198,7 @@ async fn otk_unknown_device(store: Store) {
             .await,
         Err(StoreError::NotFound)
     ));
-    assert_eq!(
-        store.claim_key(ALICE, "NOPE", ALG, true).await.unwrap(),
-        None
-    );
+    assert_eq!(claim(&store, ALICE, "NOPE", ALG).await, None);
 }
 
 async fn claim_in_upload_order_not_key_id(store: Store) {
@@ -222,7 +212,7 @@ async fn claim_in_upload_order_not_key_id(store: Store) {
             .unwrap();
     }
     let mut got = Vec::new();
-    while let Some(k) = store.claim_key(ALICE, "D", ALG, true).await.unwrap() {
+    while let Some(k) = claim(&store, ALICE, "D", ALG).await {
         got.push(k.full_id);
     }
     let expected: Vec<String> = ids.iter().map(|id| format!("{ALG}:{id}")).collect();
@@ -256,11 +246,7 @@ async fn concurrent_claimers_never_share_a_key(store: Store) {
             let mut fallbacks = 0;
             // Claim until only the fallback key comes back (a few times, to overlap the tail).
             while fallbacks < 3 {
-                let k = store
-                    .claim_key(ALICE, "D", ALG, true)
-                    .await
-                    .unwrap()
-                    .unwrap();
+                let k = claim(&store, ALICE, "D", ALG).await.unwrap();
                 if k.full_id == format!("{ALG}:FB") {
                     fallbacks += 1;
                 } else {
@@ -426,11 +412,7 @@ async fn claimed_key_reupload_not_handed_out_again(store: Store) {
         .add_one_time_keys(ALICE, "D", std::slice::from_ref(&k), 1_000)
         .await
         .unwrap();
-    assert!(store
-        .claim_one_time_key(ALICE, "D", ALG)
-        .await
-        .unwrap()
-        .is_some());
+    assert!(claim(&store, ALICE, "D", ALG).await.is_some());
     // A client retrying its earlier upload: accepted, but not stored again.
     assert_eq!(
         store
@@ -444,21 +426,14 @@ async fn claimed_key_reupload_not_handed_out_again(store: Store) {
         .await
         .unwrap()
         .is_empty());
-    assert_eq!(
-        store.claim_one_time_key(ALICE, "D", ALG).await.unwrap(),
-        None
-    );
+    assert_eq!(claim(&store, ALICE, "D", ALG).await, None);
     // A different key reusing the ID is a new key.
     let other = key("AAAAAQ", r#"{"key":"two"}"#);
     store
         .add_one_time_keys(ALICE, "D", &[other], 2_000)
         .await
         .unwrap();
-    let claimed = store
-        .claim_one_time_key(ALICE, "D", ALG)
-        .await
-        .unwrap()
-        .unwrap();
+    let claimed = claim(&store, ALICE, "D", ALG).await.unwrap();
     assert_eq!(claimed.json, r#"{"key":"two"}"#);
     // Once the memory has expired, the old key would be accepted again.
     store
@@ -484,7 +459,7 @@ async fn fallback_key_semantics(store: Store) {
         .await
         .unwrap()
         .is_empty());
-    assert_eq!(store.claim_key(ALICE, "D", ALG, true).await.unwrap(), None);
+    assert_eq!(claim(&store, ALICE, "D", ALG).await, None);
     let f1 = key("F1", r#"{"key":"f1","fallback":true}"#);
     store
         .set_fallback_keys(ALICE, "D", std::slice::from_ref(&f1))
@@ -501,12 +476,7 @@ async fn fallback_key_semantics(store: Store) {
         .await
         .unwrap();
     assert_eq!(
-        store
-            .claim_key(ALICE, "D", ALG, true)
-            .await
-            .unwrap()
-            .unwrap()
-            .full_id,
+        claim(&store, ALICE, "D", ALG).await.unwrap().full_id,
         format!("{ALG}:O")
     );
     assert_eq!(
@@ -515,11 +485,13 @@ async fn fallback_key_semantics(store: Store) {
     );
 
     // The bundle claim reads the fallback key without marking it.
-    let read = store
-        .claim_key(ALICE, "D", ALG, false)
-        .await
-        .unwrap()
-        .unwrap();
+    let Claimed::Bundle {
+        signed_prekey: read,
+        one_time_key: None,
+    } = claim_as(&store, ALICE, "D", ALG, true).await
+    else {
+        panic!("a bundle with the signed prekey and no one-time key");
+    };
     assert_eq!(
         (read.full_id.as_str(), read.json.as_str()),
         ("signed_curve25519:F1", f1.json.as_str())
@@ -531,11 +503,7 @@ async fn fallback_key_semantics(store: Store) {
 
     // The Matrix claim marks it used but keeps returning it.
     for _ in 0..2 {
-        let got = store
-            .claim_key(ALICE, "D", ALG, true)
-            .await
-            .unwrap()
-            .unwrap();
+        let got = claim(&store, ALICE, "D", ALG).await.unwrap();
         assert_eq!(got.full_id, format!("{ALG}:F1"));
     }
     assert!(store
@@ -577,10 +545,10 @@ async fn fallback_key_semantics(store: Store) {
             .full_id,
         format!("{ALG}:F2")
     );
-    // Fallback keys are never part of the one-time key pool.
+    // Fallback keys are never part of the one-time key pool: a claim gets the fallback key.
     assert_eq!(
-        store.claim_one_time_key(ALICE, "D", ALG).await.unwrap(),
-        None
+        claim(&store, ALICE, "D", ALG).await.unwrap().full_id,
+        format!("{ALG}:F2")
     );
     assert!(store
         .one_time_key_counts(ALICE, "D")

@@ -8,6 +8,7 @@ mod common_db;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use common_db::claim;
 use hush_server::store::{
     DestinationRow, KeyUpload, OutboundEdu, SendOutcome, SendRequest, Store, ToDeviceMessage,
     TxnKey, Wakeup,
@@ -681,10 +682,8 @@ async fn wakeups_follow_commits(store: Store) {
         .add_one_time_keys(ALICE, "D", &[key], 0)
         .await
         .unwrap();
-    store
-        .claim_one_time_key(ALICE, "D", "signed_curve25519")
+    claim(&store, ALICE, "D", "signed_curve25519")
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(next().await, device("D"));
 }

@@ -36,8 +36,7 @@ fn store_futures_are_send(s: &Store, t: &TxnKey, r: &RegistrationTokenRow, ids: 
     is_send(s.set_fallback_keys("", "", &[]));
     is_send(s.one_time_key_counts("", ""));
     is_send(s.unused_fallback_key_types("", ""));
-    is_send(s.claim_key("", "", "", true));
-    is_send(s.claim_one_time_key("", "", ""));
+    is_send(s.claim_keys(&[], None, 0));
     is_send(s.get_fallback_key("", "", ""));
     is_send(s.device_list_position());
     is_send(s.device_list_changes("", 0));

@@ -5,8 +5,6 @@ use std::collections::BTreeMap;
 use sqlx::Row;
 use tokio::sync::oneshot;
 
-use super::notify::{wake_payload, WakeOnCommit};
-
 mod pg_claim;
 mod sqlite_claim;
 
@@ -18,55 +16,6 @@ use super::{
 /// Most unclaimed one-time keys kept for one device; an upload beyond it fails with
 /// `StoreError::Limit` and stores nothing.
 pub const MAX_ONE_TIME_KEYS_PER_DEVICE: i64 = 10_000;
-
-/// Claims the oldest-uploaded one-time key. On PostgreSQL `SKIP LOCKED` lets concurrent claimers
-/// each take a different row without waiting; on SQLite the single writer serialises claims.
-const CLAIM_OTK_SQLITE: &str = "DELETE FROM one_time_keys WHERE seq = (\
-     SELECT seq FROM one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
-     ORDER BY seq LIMIT 1) RETURNING key_id, key_json";
-const CLAIM_OTK_PG: &str = "DELETE FROM one_time_keys WHERE seq = (\
-     SELECT seq FROM one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
-     ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING key_id, key_json";
-
-/// Remembers a claimed key (inside the claiming transaction) so that a retried upload of the
-/// same key is not stored again.
-const REMEMBER_CLAIM: &str = "INSERT INTO claimed_one_time_keys \
-     (user_id, device_id, algorithm, key_id, key_json, claimed_ts) VALUES ($1, $2, $3, $4, $5, $6) \
-     ON CONFLICT (user_id, device_id, algorithm, key_id) \
-     DO UPDATE SET key_json = excluded.key_json, claimed_ts = excluded.claimed_ts";
-
-/// Claims one one-time key inside transaction `$tx`; evaluates to `Option<ClaimedKey>`.
-macro_rules! claim_otk {
-    ($tx:ident, $pg:ident, $user:expr, $device:expr, $algorithm:expr, $now:expr) => {{
-        let row = sqlx::query(if $pg { CLAIM_OTK_PG } else { CLAIM_OTK_SQLITE })
-            .bind($user)
-            .bind($device)
-            .bind($algorithm)
-            .fetch_optional(&mut *$tx)
-            .await?;
-        match row {
-            None => None,
-            Some(row) => {
-                let key_id: String = row.try_get("key_id")?;
-                let key_json: String = row.try_get("key_json")?;
-                sqlx::query(REMEMBER_CLAIM)
-                    .bind($user)
-                    .bind($device)
-                    .bind($algorithm)
-                    .bind(&key_id)
-                    .bind(&key_json)
-                    .bind($now)
-                    .execute(&mut *$tx)
-                    .await?;
-                WakeOnCommit::wake_on_commit(&mut *$tx, &[wake_payload($user, $device)]).await?;
-                Some(ClaimedKey {
-                    full_id: format!("{}:{}", $algorithm, key_id),
-                    json: key_json,
-                })
-            }
-        }
-    }};
-}
 
 impl Store {
     // ---- end-to-end keys --------------------------------------------------------------------------
@@ -321,63 +270,6 @@ impl Store {
             .fetch_all(r)
             .await?)
         })
-    }
-
-    /// Atomically claims the oldest-uploaded one-time key of `algorithm`, or else returns the
-    /// fallback key and marks it used (`mark_fallback_used = false` for the Hush bundle claim,
-    /// which reads the fallback/signed prekey without marking it). `None` if nothing is left.
-    pub async fn claim_key(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        algorithm: &str,
-        mark_fallback_used: bool,
-    ) -> StoreResult<Option<ClaimedKey>> {
-        let now = super::system_now();
-        with_tx!(self, |tx, pg| {
-            match claim_otk!(tx, pg, user_id, device_id, algorithm, now) {
-                Some(key) => Some(key),
-                None => {
-                    let sql = if mark_fallback_used {
-                        "UPDATE fallback_keys SET used = TRUE \
-                         WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
-                         RETURNING key_id, key_json"
-                    } else {
-                        "SELECT key_id, key_json FROM fallback_keys \
-                         WHERE user_id = $1 AND device_id = $2 AND algorithm = $3"
-                    };
-                    let row = sqlx::query(sql)
-                        .bind(user_id)
-                        .bind(device_id)
-                        .bind(algorithm)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    match row {
-                        None => None,
-                        Some(row) => {
-                            let key_id: String = row.try_get("key_id")?;
-                            Some(ClaimedKey {
-                                full_id: format!("{algorithm}:{key_id}"),
-                                json: row.try_get("key_json")?,
-                            })
-                        }
-                    }
-                }
-            }
-        })
-    }
-
-    /// Atomically claims one one-time key (no fallback).
-    pub async fn claim_one_time_key(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        algorithm: &str,
-    ) -> StoreResult<Option<ClaimedKey>> {
-        let now = super::system_now();
-        with_tx!(self, |tx, pg| claim_otk!(
-            tx, pg, user_id, device_id, algorithm, now
-        ))
     }
 
     /// The current fallback key of `algorithm` without marking it used.

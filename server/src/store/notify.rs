@@ -51,8 +51,11 @@ pub fn instance_id() -> u64 {
     *ID.get_or_init(rand::random::<u64>)
 }
 
-/// The payload that wakes `(user_id, device_id)`.
-pub(super) fn wake_payload(user_id: &str, device_id: &str) -> String {
+/// The single-device payload that wakes `(user_id, device_id)`. Processes of this version
+/// send [`wake_payloads`] instead; this form is still parsed, as processes of earlier versions
+/// send it during a rolling upgrade.
+#[cfg(test)]
+fn wake_payload(user_id: &str, device_id: &str) -> String {
     format!(
         "{user_id}{SEPARATOR}{device_id}{SEPARATOR}{:016x}",
         instance_id()

@@ -12,7 +12,7 @@
 
 use std::future::Future;
 
-use hush_server::store::Store;
+use hush_server::store::{Claimed, ClaimedKey, KeyClaim, Store};
 
 pub use hush_testkit::pg::PgTestDb;
 
@@ -105,4 +105,35 @@ macro_rules! store_tests {
             }
         )*
     };
+}
+
+/// A Matrix key claim of one device through [`Store::claim_keys`], the path the API takes: the
+/// oldest one-time key, else the fallback key (then marked used), else `None`.
+pub async fn claim(store: &Store, user: &str, device: &str, algorithm: &str) -> Option<ClaimedKey> {
+    match claim_as(store, user, device, algorithm, false).await {
+        Claimed::Key(key) => Some(key),
+        _ => None,
+    }
+}
+
+/// One claim of `Store::claim_keys` without a requester: a Matrix key claim or (`bundle`) a
+/// Hush bundle claim.
+pub async fn claim_as(
+    store: &Store,
+    user: &str,
+    device: &str,
+    algorithm: &str,
+    bundle: bool,
+) -> Claimed {
+    let claim = KeyClaim {
+        user_id: user.into(),
+        device_id: device.into(),
+        algorithm: algorithm.into(),
+        bundle,
+    };
+    let mut out = store
+        .claim_keys(std::slice::from_ref(&claim), None, 0)
+        .await
+        .expect("claim_keys");
+    out.pop().expect("one answer per claim")
 }
