@@ -15,13 +15,14 @@ use sqlx::Row;
 
 use tokio::sync::oneshot;
 
-use super::notify::{wake_payloads, WakeOnCommit};
+use super::notify::wake_payloads;
 
 use super::{
     with_pools, with_tx, with_writer, InboxEvent, Millis, OutboundEdu, SendOutcome, SendRequest,
     Store, StoreResult, SyncReads, ToDeviceMessage, TxnKey,
 };
 
+mod pg_commit;
 mod sqlite_commit;
 
 /// Removes the transaction keys `$keys` (`&[&TxnKey]`) recorded earlier in the transaction on
@@ -62,36 +63,38 @@ struct InboxRow<'a> {
     message: &'a ToDeviceMessage,
 }
 
-/// The backend-specific steps of a group commit. Both backends write a batch with a fixed
-/// number of statements whatever its size: PostgreSQL sends each step as one statement over
-/// arrays, SQLite as padded multi-row statements of a few fixed sizes (every statement on
-/// SQLite is a round trip to sqlx's connection worker thread, so per-row statements made the
-/// cost of a batch grow with its size).
+/// The backend-specific steps of the general group commit ([`Store::commit_sends`] between its
+/// `BEGIN` and `COMMIT`; SQLite's usual batches take the shorter path of [`sqlite_commit`]).
+/// Both backends write a batch with a fixed number of statements whatever its size:
+/// PostgreSQL over arrays ([`pg_commit`]), SQLite as padded multi-row statements of a few fixed
+/// sizes (every statement on SQLite is a round trip to sqlx's connection worker thread, so
+/// per-row statements made the cost of a batch grow with its size).
 trait MailboxOps {
-    /// For each existing recipient device (`recipients` sorted, unknown devices left out):
-    /// `(index into recipients, last allocated position, first queued position)`. On PostgreSQL
-    /// the device rows are locked (`FOR NO KEY UPDATE`, in sorted order, so concurrent group
-    /// commits cannot deadlock) BEFORE the first queued position is read, by a later statement
-    /// with a fresh snapshot.
-    async fn load_heads(
+    /// Reads the queue head of each existing recipient device (`recipients` sorted, unknown
+    /// devices left out) as `(index into recipients, last allocated position, first queued
+    /// position)`, and records the transaction keys `keys` (distinct, sorted) with
+    /// `created_ts = now`, leaving existing ones alone; returns the heads and the keys that
+    /// were new. On PostgreSQL the device rows are locked (`FOR NO KEY UPDATE`, in sorted
+    /// order, so concurrent group commits cannot deadlock) BEFORE the first queued positions
+    /// are read, by a later statement with a fresh snapshot.
+    async fn read_heads_and_record_txns(
         &mut self,
         recipients: &[(&str, &str)],
-    ) -> Result<Vec<(usize, i64, Option<i64>)>, sqlx::Error>;
-
-    /// Sets `inbox_last_pos` of each `(user, device, last)`.
-    async fn store_heads(&mut self, heads: &[(&str, &str, i64)]) -> Result<(), sqlx::Error>;
-
-    /// Inserts `rows` with `created_ts = now`.
-    async fn insert_inbox(&mut self, rows: &[InboxRow<'_>], now: Millis)
-        -> Result<(), sqlx::Error>;
-
-    /// Records the transaction keys `keys` (distinct, sorted) with `created_ts = now`, leaving
-    /// existing ones alone, and returns the ones that were new.
-    async fn record_txns(
-        &mut self,
         keys: &[&TxnKey],
         now: Millis,
-    ) -> Result<HashSet<TxnTuple>, sqlx::Error>;
+    ) -> Result<(Vec<(usize, i64, Option<i64>)>, HashSet<TxnTuple>), sqlx::Error>;
+
+    /// Inserts `rows` with `created_ts = now`, sets `inbox_last_pos` of each
+    /// `(user, device, last)` in `heads`, and on PostgreSQL queues the wake-up notifications
+    /// `woken` (delivered when the transaction commits; SQLite's single process wakes its
+    /// syncs itself after the commit).
+    async fn write_batch(
+        &mut self,
+        rows: &[InboxRow<'_>],
+        heads: &[(&str, &str, i64)],
+        woken: &[String],
+        now: Millis,
+    ) -> Result<(), sqlx::Error>;
 }
 
 /// A transaction key as returned by `RETURNING`: `(user, device, endpoint, txn_id)`.
@@ -103,7 +106,7 @@ fn txn_order(key: &TxnKey) -> (&str, &str, &str, &str) {
     (&key.user_id, &key.device_id, &key.endpoint, &key.txn_id)
 }
 
-/// The owned form of a key, as [`MailboxOps::record_txns`] returns it.
+/// The owned form of a key, as [`MailboxOps::read_heads_and_record_txns`] returns it.
 fn txn_tuple(key: &TxnKey) -> TxnTuple {
     (
         key.user_id.clone(),
@@ -278,240 +281,100 @@ static SQLITE_STORE_HEADS_SQL: OnceLock<Vec<String>> = OnceLock::new();
 static SQLITE_INBOX_SQL: OnceLock<Vec<String>> = OnceLock::new();
 static SQLITE_TXN_SQL: OnceLock<Vec<String>> = OnceLock::new();
 
-impl MailboxOps for sqlx::SqliteConnection {
-    /// One padded multi-row statement per [`SQLITE_CHUNK`] recipients.
-    async fn load_heads(
-        &mut self,
-        recipients: &[(&str, &str)],
-    ) -> Result<Vec<(usize, i64, Option<i64>)>, sqlx::Error> {
-        let mut out = Vec::with_capacity(recipients.len());
-        for (c, chunk) in recipients.chunks(SQLITE_CHUNK).enumerate() {
-            let class = class_index(chunk.len());
-            let offset = c * SQLITE_CHUNK;
-            // `?1` is not used by this statement.
-            let query = bind_rows(
-                sqlx::query(class_sql(&SQLITE_HEADS_SQL, class, sqlite_heads_sql)).bind(0_i64),
-                chunk.iter().enumerate().map(|(i, r)| (offset + i, r)),
-                3,
-                class_rows(chunk.len()),
-                bind_head_probe,
-            );
-            for row in query.fetch_all(&mut *self).await? {
-                let index: i64 = row.try_get(0)?;
-                let Ok(index) = usize::try_from(index) else {
-                    continue;
-                };
-                out.push((index, row.try_get(1)?, row.try_get(2)?));
-            }
+/// SQLite: the queue heads of `recipients` (see [`MailboxOps::read_heads_and_record_txns`]);
+/// one padded multi-row statement per [`SQLITE_CHUNK`] recipients.
+async fn sqlite_load_heads(
+    conn: &mut sqlx::SqliteConnection,
+    recipients: &[(&str, &str)],
+) -> Result<Vec<(usize, i64, Option<i64>)>, sqlx::Error> {
+    let mut out = Vec::with_capacity(recipients.len());
+    for (c, chunk) in recipients.chunks(SQLITE_CHUNK).enumerate() {
+        let class = class_index(chunk.len());
+        let offset = c * SQLITE_CHUNK;
+        // `?1` is not used by this statement.
+        let query = bind_rows(
+            sqlx::query(class_sql(&SQLITE_HEADS_SQL, class, sqlite_heads_sql)).bind(0_i64),
+            chunk.iter().enumerate().map(|(i, r)| (offset + i, r)),
+            3,
+            class_rows(chunk.len()),
+            bind_head_probe,
+        );
+        for row in query.fetch_all(&mut *conn).await? {
+            let index: i64 = row.try_get(0)?;
+            let Ok(index) = usize::try_from(index) else {
+                continue;
+            };
+            out.push((index, row.try_get(1)?, row.try_get(2)?));
         }
-        Ok(out)
     }
-
-    /// One padded multi-row statement per [`SQLITE_CHUNK`] devices.
-    async fn store_heads(&mut self, heads: &[(&str, &str, i64)]) -> Result<(), sqlx::Error> {
-        for chunk in heads.chunks(SQLITE_CHUNK) {
-            let class = class_index(chunk.len());
-            // `?1` is not used by this statement.
-            let query = bind_rows(
-                sqlx::query(class_sql(
-                    &SQLITE_STORE_HEADS_SQL,
-                    class,
-                    sqlite_store_heads_sql,
-                ))
-                .bind(0_i64),
-                chunk.iter(),
-                3,
-                class_rows(chunk.len()),
-                bind_device_number,
-            );
-            query.execute(&mut *self).await?;
-        }
-        Ok(())
-    }
-
-    /// One padded multi-row statement per [`SQLITE_CHUNK`] rows.
-    async fn insert_inbox(
-        &mut self,
-        rows: &[InboxRow<'_>],
-        now: Millis,
-    ) -> Result<(), sqlx::Error> {
-        for chunk in rows.chunks(SQLITE_CHUNK) {
-            let class = class_index(chunk.len());
-            let query = bind_rows(
-                sqlx::query(class_sql(&SQLITE_INBOX_SQL, class, sqlite_inbox_sql)).bind(now),
-                chunk.iter(),
-                6,
-                class_rows(chunk.len()),
-                |q, row| bind_message(q, row.message, row.pos),
-            );
-            query.execute(&mut *self).await?;
-        }
-        Ok(())
-    }
-
-    async fn record_txns(
-        &mut self,
-        keys: &[&TxnKey],
-        now: Millis,
-    ) -> Result<HashSet<TxnTuple>, sqlx::Error> {
-        let mut fresh = HashSet::with_capacity(keys.len());
-        for chunk in keys.chunks(SQLITE_CHUNK) {
-            let class = class_index(chunk.len());
-            let query = bind_rows(
-                sqlx::query(class_sql(&SQLITE_TXN_SQL, class, sqlite_txn_sql)).bind(now),
-                chunk.iter(),
-                4,
-                class_rows(chunk.len()),
-                |q, key| bind_key(q, key),
-            );
-            for row in query.fetch_all(&mut *self).await? {
-                fresh.insert((
-                    row.try_get(0)?,
-                    row.try_get(1)?,
-                    row.try_get(2)?,
-                    row.try_get(3)?,
-                ));
-            }
-        }
-        Ok(fresh)
-    }
+    Ok(out)
 }
 
-impl MailboxOps for sqlx::PgConnection {
-    async fn load_heads(
-        &mut self,
-        recipients: &[(&str, &str)],
-    ) -> Result<Vec<(usize, i64, Option<i64>)>, sqlx::Error> {
-        let users: Vec<&str> = recipients.iter().map(|r| r.0).collect();
-        let devices: Vec<&str> = recipients.iter().map(|r| r.1).collect();
-        // Lock first (ORDER BY is applied before the rows are locked).
-        let locked = sqlx::query(
-            "SELECT user_id, device_id, inbox_last_pos FROM devices \
-             WHERE (user_id, device_id) IN (SELECT u, d FROM UNNEST($1::text[], $2::text[]) AS x(u, d)) \
-             ORDER BY user_id, device_id FOR NO KEY UPDATE",
-        )
-        .bind(&users)
-        .bind(&devices)
-        .fetch_all(&mut *self)
-        .await?;
-        let mut last = HashMap::with_capacity(locked.len());
-        for row in &locked {
-            let user_id: String = row.try_get("user_id")?;
-            let device_id: String = row.try_get("device_id")?;
-            last.insert(
-                (user_id, device_id),
-                row.try_get::<i64, _>("inbox_last_pos")?,
-            );
-        }
-        // Then read the queue heads with a snapshot taken after the locks were granted.
-        let firsts = sqlx::query(
-            "SELECT x.n, (SELECT MIN(i.pos) FROM to_device_inbox i \
-             WHERE i.user_id = x.u AND i.device_id = x.d) AS first_pos \
-             FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS x(u, d, n)",
-        )
-        .bind(&users)
-        .bind(&devices)
-        .fetch_all(&mut *self)
-        .await?;
-        let mut out = Vec::with_capacity(last.len());
-        for row in &firsts {
-            let n: i64 = row.try_get("n")?;
-            let Some(i) = usize::try_from(n - 1).ok() else {
-                continue;
-            };
-            let Some(&(user_id, device_id)) = recipients.get(i) else {
-                continue;
-            };
-            if let Some(&pos) = last.get(&(user_id.to_owned(), device_id.to_owned())) {
-                out.push((i, pos, row.try_get("first_pos")?));
-            }
-        }
-        Ok(out)
+/// SQLite: sets `inbox_last_pos` of each `(user, device, last)`; one padded multi-row
+/// statement per [`SQLITE_CHUNK`] devices.
+async fn sqlite_store_heads(
+    conn: &mut sqlx::SqliteConnection,
+    heads: &[(&str, &str, i64)],
+) -> Result<(), sqlx::Error> {
+    for chunk in heads.chunks(SQLITE_CHUNK) {
+        let class = class_index(chunk.len());
+        // `?1` is not used by this statement.
+        let query = bind_rows(
+            sqlx::query(class_sql(
+                &SQLITE_STORE_HEADS_SQL,
+                class,
+                sqlite_store_heads_sql,
+            ))
+            .bind(0_i64),
+            chunk.iter(),
+            3,
+            class_rows(chunk.len()),
+            bind_device_number,
+        );
+        query.execute(&mut *conn).await?;
     }
+    Ok(())
+}
 
-    async fn store_heads(&mut self, heads: &[(&str, &str, i64)]) -> Result<(), sqlx::Error> {
-        if heads.is_empty() {
-            return Ok(());
-        }
-        let users: Vec<&str> = heads.iter().map(|h| h.0).collect();
-        let devices: Vec<&str> = heads.iter().map(|h| h.1).collect();
-        let positions: Vec<i64> = heads.iter().map(|h| h.2).collect();
-        sqlx::query(
-            "UPDATE devices SET inbox_last_pos = x.p \
-             FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS x(u, d, p) \
-             WHERE devices.user_id = x.u AND devices.device_id = x.d",
-        )
-        .bind(users)
-        .bind(devices)
-        .bind(positions)
-        .execute(&mut *self)
-        .await?;
-        Ok(())
+/// SQLite: inserts `rows` with `created_ts = now`; one padded multi-row statement per
+/// [`SQLITE_CHUNK`] rows.
+async fn sqlite_insert_inbox(
+    conn: &mut sqlx::SqliteConnection,
+    rows: &[InboxRow<'_>],
+    now: Millis,
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(SQLITE_CHUNK) {
+        let class = class_index(chunk.len());
+        let query = bind_rows(
+            sqlx::query(class_sql(&SQLITE_INBOX_SQL, class, sqlite_inbox_sql)).bind(now),
+            chunk.iter(),
+            6,
+            class_rows(chunk.len()),
+            |q, row| bind_message(q, row.message, row.pos),
+        );
+        query.execute(&mut *conn).await?;
     }
+    Ok(())
+}
 
-    /// One statement for the whole batch (arrays unnested server-side): one round trip.
-    async fn insert_inbox(
-        &mut self,
-        rows: &[InboxRow<'_>],
-        now: Millis,
-    ) -> Result<(), sqlx::Error> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let users: Vec<&str> = rows.iter().map(|r| r.message.user_id.as_str()).collect();
-        let devices: Vec<&str> = rows.iter().map(|r| r.message.device_id.as_str()).collect();
-        let positions: Vec<i64> = rows.iter().map(|r| r.pos).collect();
-        let senders: Vec<&str> = rows.iter().map(|r| r.message.sender.as_str()).collect();
-        let types: Vec<&str> = rows.iter().map(|r| r.message.event_type.as_str()).collect();
-        let contents: Vec<&str> = rows.iter().map(|r| r.message.content.as_str()).collect();
-        sqlx::query(
-            "INSERT INTO to_device_inbox \
-             (user_id, device_id, pos, sender, event_type, content, created_ts) \
-             SELECT u, d, p, s, t, c, $7 \
-             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[]) \
-             AS x(u, d, p, s, t, c)",
-        )
-        .bind(users)
-        .bind(devices)
-        .bind(positions)
-        .bind(senders)
-        .bind(types)
-        .bind(contents)
-        .bind(now)
-        .execute(&mut *self)
-        .await?;
-        Ok(())
-    }
-
-    /// One statement over arrays for the whole batch.
-    async fn record_txns(
-        &mut self,
-        keys: &[&TxnKey],
-        now: Millis,
-    ) -> Result<HashSet<TxnTuple>, sqlx::Error> {
-        if keys.is_empty() {
-            return Ok(HashSet::new());
-        }
-        let users: Vec<&str> = keys.iter().map(|k| k.user_id.as_str()).collect();
-        let devices: Vec<&str> = keys.iter().map(|k| k.device_id.as_str()).collect();
-        let endpoints: Vec<&str> = keys.iter().map(|k| k.endpoint.as_str()).collect();
-        let txn_ids: Vec<&str> = keys.iter().map(|k| k.txn_id.as_str()).collect();
-        let rows = sqlx::query(
-            "INSERT INTO txn_ids (user_id, device_id, endpoint, txn_id, created_ts) \
-             SELECT u, d, e, t, $5 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) \
-             AS x(u, d, e, t) \
-             ON CONFLICT (user_id, device_id, endpoint, txn_id) DO NOTHING \
-             RETURNING user_id, device_id, endpoint, txn_id",
-        )
-        .bind(users)
-        .bind(devices)
-        .bind(endpoints)
-        .bind(txn_ids)
-        .bind(now)
-        .fetch_all(&mut *self)
-        .await?;
-        let mut fresh = HashSet::with_capacity(rows.len());
-        for row in rows {
+/// SQLite: records the keys `keys` and returns the new ones; one padded multi-row statement
+/// per [`SQLITE_CHUNK`] keys.
+async fn sqlite_record_txns(
+    conn: &mut sqlx::SqliteConnection,
+    keys: &[&TxnKey],
+    now: Millis,
+) -> Result<HashSet<TxnTuple>, sqlx::Error> {
+    let mut fresh = HashSet::with_capacity(keys.len());
+    for chunk in keys.chunks(SQLITE_CHUNK) {
+        let class = class_index(chunk.len());
+        let query = bind_rows(
+            sqlx::query(class_sql(&SQLITE_TXN_SQL, class, sqlite_txn_sql)).bind(now),
+            chunk.iter(),
+            4,
+            class_rows(chunk.len()),
+            |q, key| bind_key(q, key),
+        );
+        for row in query.fetch_all(&mut *conn).await? {
             fresh.insert((
                 row.try_get(0)?,
                 row.try_get(1)?,
@@ -519,7 +382,30 @@ impl MailboxOps for sqlx::PgConnection {
                 row.try_get(3)?,
             ));
         }
-        Ok(fresh)
+    }
+    Ok(fresh)
+}
+
+impl MailboxOps for sqlx::SqliteConnection {
+    async fn read_heads_and_record_txns(
+        &mut self,
+        recipients: &[(&str, &str)],
+        keys: &[&TxnKey],
+        now: Millis,
+    ) -> Result<(Vec<(usize, i64, Option<i64>)>, HashSet<TxnTuple>), sqlx::Error> {
+        let heads = sqlite_load_heads(self, recipients).await?;
+        Ok((heads, sqlite_record_txns(self, keys, now).await?))
+    }
+
+    async fn write_batch(
+        &mut self,
+        rows: &[InboxRow<'_>],
+        heads: &[(&str, &str, i64)],
+        _woken: &[String],
+        now: Millis,
+    ) -> Result<(), sqlx::Error> {
+        sqlite_insert_inbox(self, rows, now).await?;
+        sqlite_store_heads(self, heads).await
     }
 }
 
@@ -542,7 +428,7 @@ struct Plan<'r> {
 /// `fresh` (or was used by an earlier request of the batch), `MailboxFull` if a recipient would
 /// exceed `mailbox_cap`, else `Committed` with positions allocated after the device's last one
 /// (messages to devices without a head, i.e. unknown devices, are dropped). `heads` are
-/// [`MailboxOps::load_heads`] rows for `recipients`.
+/// [`MailboxOps::read_heads_and_record_txns`] heads for `recipients`.
 fn plan_batch<'r>(
     requests: &'r [SendRequest],
     recipients: &[(&'r str, &'r str)],
@@ -769,19 +655,17 @@ impl Store {
             }
         }
         with_tx!(self, |tx, pg| {
-            let heads = MailboxOps::load_heads(&mut *tx, &recipients).await?;
-            let fresh = MailboxOps::record_txns(&mut *tx, &keys, now).await?;
+            let (heads, fresh) =
+                MailboxOps::read_heads_and_record_txns(&mut *tx, &recipients, &keys, now).await?;
             let plan = plan_batch(requests, &recipients, heads, fresh, mailbox_cap);
             forget_txns!(tx, &plan.refused);
-            MailboxOps::insert_inbox(&mut *tx, &plan.rows, now).await?;
             // One notification for the whole batch (a few for a very long device list).
             let woken = wake_payloads(
                 plan.advanced
                     .iter()
                     .map(|&(user_id, device_id, _)| (user_id, device_id)),
             );
-            WakeOnCommit::wake_on_commit(&mut *tx, &woken).await?;
-            MailboxOps::store_heads(&mut *tx, &plan.advanced).await?;
+            MailboxOps::write_batch(&mut *tx, &plan.rows, &plan.advanced, &woken, now).await?;
             super::federation::enqueue_edus!(tx, plan.edus, now);
             plan.outcomes
         })

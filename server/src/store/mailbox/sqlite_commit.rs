@@ -25,7 +25,7 @@ use sqlx::Row;
 
 use super::{
     bind_device_number, bind_head_probe, bind_key, bind_message, bind_rows, class_rows, plan_batch,
-    push_values, MailboxOps, SQLITE_CHUNK,
+    push_values, sqlite_insert_inbox, sqlite_store_heads, SQLITE_CHUNK,
 };
 use crate::store::connect::SqliteWriter;
 use crate::store::{
@@ -364,13 +364,13 @@ async fn two_commands(
     // All but the last chunk of messages (more than SQLITE_CHUNK rows).
     let last_chunk = plan.rows.len().saturating_sub(1) / SQLITE_CHUNK * SQLITE_CHUNK;
     let (early, rows) = plan.rows.split_at(last_chunk);
-    MailboxOps::insert_inbox(&mut *conn, early, now).await?;
+    sqlite_insert_inbox(&mut *conn, early, now).await?;
     let (advanced, early_heads) = if plan.advanced.len() <= SQLITE_CHUNK {
         (plan.advanced.as_slice(), &[][..])
     } else {
         (&[][..], plan.advanced.as_slice())
     };
-    MailboxOps::store_heads(&mut *conn, early_heads).await?;
+    sqlite_store_heads(&mut *conn, early_heads).await?;
 
     // 2. messages; heads; COMMIT. `?1` is `now`.
     let mut sql = String::with_capacity(64 + (rows.len() * 6 + advanced.len() * 3) * 8);
