@@ -1,7 +1,7 @@
 //! The command line: argument parsing (clap), one function per command, and the exit codes
 //! scripts can rely on (see [`exit`]).
 
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,8 @@ use hush_federation::ids::UserId;
 use serde_json::json;
 
 use crate::api::{http_client, Api, ApiError};
-use crate::engine::{Client, ClientError, SyncOutcome};
+use crate::engine::{Client, ClientError, SyncOutcome, MAX_MESSAGE_BYTES};
+use crate::line_chunks::LineChunks;
 use crate::profile::{
     default_data_dir, profile_dir, read_password, read_secret_file, PassphraseSource,
 };
@@ -172,7 +173,9 @@ struct SendArgs {
     user: String,
     /// The message; read from standard input when absent.
     message: Option<String>,
-    /// Send every line of standard input as its own message.
+    /// Send every line of standard input as its own message (empty lines are skipped). The
+    /// lines that are ready go out together in batched requests; a line waits at most 0.2 s
+    /// for more.
     #[arg(long, conflicts_with = "message")]
     lines: bool,
 }
@@ -646,17 +649,7 @@ async fn send(ctx: &Context, a: SendArgs) -> CliResult {
         vec![text]
     };
     if a.lines {
-        let stdin = std::io::stdin();
-        let mut sent = 0usize;
-        for line in stdin.lock().lines() {
-            let line = line.map_err(|e| format!("cannot read standard input: {e}"))?;
-            if line.is_empty() {
-                continue;
-            }
-            let report = client.send_text(&peer, &line).await?;
-            print_notices(&report.notices, false);
-            sent += 1;
-        }
+        let sent = send_lines(&client, &peer).await?;
         println!("Sent {sent} messages to {peer}.");
         return Ok(());
     }
@@ -669,6 +662,47 @@ async fn send(ctx: &Context, a: SendArgs) -> CliResult {
         );
     }
     Ok(())
+}
+
+/// `send --lines`: standard input in chunks of the lines that are ready ([`LineChunks`]: a
+/// chunk closes when the input pauses for [`LINGER`](crate::line_chunks::LINGER),
+/// [`MAX_WAIT`](crate::line_chunks::MAX_WAIT) after its first line, at
+/// [`MAX_CHUNK_LINES`](crate::line_chunks::MAX_CHUNK_LINES) lines or at the end), each chunk
+/// sent by one [`Client::send_many`] (batched requests, one at a time so the order is kept). Empty lines are skipped; a line that is too
+/// long stops the run after the lines before it were sent. Returns how many were sent.
+async fn send_lines(client: &Client, peer: &str) -> CliResult<usize> {
+    let mut chunks = LineChunks::spawn(std::io::BufReader::new(std::io::stdin()));
+    let mut sent = 0usize;
+    let mut line_no = 0usize;
+    while let Some(chunk) = chunks.next_chunk().await {
+        let chunk = chunk.map_err(|e| format!("cannot read standard input: {e}"))?;
+        let mut texts = Vec::with_capacity(chunk.len());
+        let mut too_long = None;
+        for line in chunk {
+            line_no += 1;
+            if line.len() > MAX_MESSAGE_BYTES {
+                too_long = Some(line_no);
+                break;
+            }
+            if !line.is_empty() {
+                texts.push(line);
+            }
+        }
+        if !texts.is_empty() {
+            let reports = client.send_many(peer, &texts, 1).await?;
+            for report in &reports {
+                print_notices(&report.notices, false);
+            }
+            sent += reports.len();
+        }
+        if let Some(n) = too_long {
+            return Err(ClientError::Invalid(format!(
+                "line {n} is too long (at most {MAX_MESSAGE_BYTES} bytes); the {sent} messages before it were sent"
+            ))
+            .into());
+        }
+    }
+    Ok(sent)
 }
 
 /// `HH:MM:SS` (UTC) of a millisecond timestamp.

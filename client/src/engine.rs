@@ -13,7 +13,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use hush_crypto::consts::{BUNDLE_CLAIM_ALGORITHM, SIGNED_CURVE25519};
@@ -30,6 +30,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::api::{Api, ApiError, SyncResponse};
+use crate::clock::Clock;
 use crate::store::{Login, PinnedDevice, Store, StoreError, StoredMessage};
 
 /// The to-device event type of encrypted messages.
@@ -116,21 +117,6 @@ pub struct SyncOutcome {
     pub empty: bool,
 }
 
-/// The current time in seconds.
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// A random identifier (hex of 16 bytes).
 pub fn random_id() -> String {
     let mut bytes = [0u8; 16];
@@ -150,20 +136,39 @@ pub struct Client {
     login: Login,
     /// This device's public identity (Ed25519 and X25519 forms), read once.
     own_keys: OnceLock<(IdentityKey, Curve25519PublicKey)>,
-    /// When key maintenance last looked at the account.
-    maintained: Mutex<Option<Instant>>,
+    /// When key maintenance last looked at the account (seconds, [`Client::clock`]).
+    maintained: Mutex<Option<u64>>,
+    /// Where "now" comes from (shared with the store).
+    clock: Clock,
 }
 
 impl Client {
-    /// Wraps an open store and its login.
+    /// Wraps an open store and its login. The client reads the store's clock (the system
+    /// time unless replaced, see [`Client::with_clock`]).
     pub fn new(store: Store, api: Api, login: Login) -> Self {
+        let clock = store.clock().clone();
         Self {
             store,
             api,
             login,
             own_keys: OnceLock::new(),
             maintained: Mutex::new(None),
+            clock,
         }
+    }
+
+    /// Replaces the clock of the client and its store: every decision with "now" (session
+    /// age, prekey rotation, key maintenance) and every timestamp the engine writes follows it.
+    /// Tests use a [`Clock::shifted`] clock to move one device's time ahead.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.store.set_clock(clock.clone());
+        self.clock = clock;
+        self
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// This device's identity key and its X25519 form (they never change for a device).
@@ -220,7 +225,7 @@ impl Client {
             &mut OsRng,
             &self.login.user_id,
             &self.login.device_id,
-            now_secs(),
+            self.clock.now_secs(),
         )
         .map_err(crypto)?;
         account
@@ -278,23 +283,25 @@ impl Client {
         let wanted = server_otk_count.map_or(0, Account::one_time_keys_wanted);
         let fallback_used =
             unused_fallback.is_some_and(|list| !list.iter().any(|a| a == SIGNED_CURVE25519));
+        let now = self.clock.now_secs();
         {
             let mut last = self
                 .maintained
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let recent = last.is_some_and(|t| t.elapsed() < MAINTAIN_INTERVAL);
+            // A clock that went back (since `last`) does not count as recent.
+            let recent = last.is_some_and(|t| t <= now && now - t < MAINTAIN_INTERVAL.as_secs());
             if wanted == 0 && !fallback_used && recent {
                 return Ok(());
             }
-            *last = Some(Instant::now());
+            *last = Some(now);
         }
         let mut tx = self.store.begin().await?;
         let mut account = self
             .store
             .account(&mut tx, &self.login.user_id, &self.login.device_id)
             .await?;
-        let rotated = account.maintain(&mut OsRng, now_secs()).map_err(crypto)?;
+        let rotated = account.maintain(&mut OsRng, now).map_err(crypto)?;
         if wanted > 0 {
             account
                 .generate_one_time_keys(&mut OsRng, wanted)
@@ -338,6 +345,7 @@ impl Client {
             .unwrap_or(&empty);
         let mut out = BTreeMap::new();
         let mut notices = Vec::new();
+        let now = self.clock.now_secs();
         let mut tx = self.store.begin().await?;
         // Nothing is written (and no commit is flushed) when no pin changed.
         let mut wrote = false;
@@ -405,7 +413,7 @@ impl Client {
                                     user_id: user.clone(),
                                     device_id: device_id.clone(),
                                     ed25519: ed.clone(),
-                                    first_seen: now_secs(),
+                                    first_seen: now,
                                     approved: !verified,
                                     active: true,
                                 },
@@ -425,7 +433,7 @@ impl Client {
                                     user_id: user.clone(),
                                     device_id: device_id.clone(),
                                     ed25519: ed.clone(),
-                                    first_seen: now_secs(),
+                                    first_seen: now,
                                     approved: !verified || mine,
                                     active: true,
                                 },
@@ -639,7 +647,7 @@ impl Client {
             .filter(|d| !(d.user_id() == own && d.device_id() == self.login.device_id))
             .cloned()
             .collect();
-        let now = now_secs();
+        let now = self.clock.now_secs();
         let mut new_sessions = self.new_sessions(&targets, now, &mut notices).await?;
 
         let (own_ik, own_curve) = self.own_keys().await?;
@@ -682,7 +690,7 @@ impl Client {
             let mut msg_ids = Vec::new();
             for text in rest {
                 let msg_id = random_id();
-                let item = json!({"body": text, "msg_id": msg_id, "ts": now_ms()});
+                let item = json!({"body": text, "msg_id": msg_id, "ts": self.clock.now_ms()});
                 let item_size = item.to_string().len();
                 if !items.is_empty()
                     && (size + item_size > budget || items.len() >= BATCH_MAX_MESSAGES)
@@ -851,7 +859,7 @@ impl Client {
                 .map_err(crypto)
                 .and_then(|bundle| {
                     account
-                        .initiate_outbound(&mut OsRng, &bundle, now_secs())
+                        .initiate_outbound(&mut OsRng, &bundle, now)
                         .map_err(crypto)
                 });
             match session {
@@ -935,7 +943,7 @@ impl Client {
         let mut account_dirty = false;
         let mut records: HashMap<(String, String), (SessionRecord, bool)> = HashMap::new();
         let mut messages = Vec::new();
-        let now = now_secs();
+        let now = self.clock.now_secs();
         for (ev, env) in resp.events.iter().zip(&parsed) {
             let Some(env) = env else {
                 continue;

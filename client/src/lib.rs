@@ -6,7 +6,9 @@
 
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod engine;
+pub mod line_chunks;
 pub mod profile;
 pub mod store;
 pub mod tui;

@@ -26,6 +26,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::clock::Clock;
 use crate::vault::{KdfParams, Passphrase, Vault, VaultError, WrappedKey};
 
 /// The store file inside a profile directory.
@@ -133,6 +134,8 @@ pub struct Store {
     path: PathBuf,
     /// Decrypted session records by peer tag, with the stamp of the row they came from.
     sessions: Mutex<HashMap<Vec<u8>, (i64, SessionRecord)>>,
+    /// The time of notices and verification marks.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Store {
@@ -183,13 +186,6 @@ fn from_json<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> StoreRes
 fn random_stamp() -> i64 {
     // Any value but the "nothing cached" marker used in queries.
     (rand::rngs::OsRng.next_u64() >> 1) as i64
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Opens the pool. `synchronous=FULL`: every commit is on disk before the client acts on it.
@@ -274,6 +270,7 @@ impl Store {
             vault,
             path,
             sessions: Mutex::new(HashMap::new()),
+            clock: Clock::system(),
         }
     }
 
@@ -312,6 +309,17 @@ impl Store {
     /// The vault (keys).
     pub fn vault(&self) -> &Vault {
         &self.vault
+    }
+
+    /// The clock that dates notices and verification marks (the system time unless
+    /// [`Store::set_clock`] replaced it; [`crate::engine::Client::with_clock`] does).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Replaces the clock.
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
     }
 
     /// Begins a write transaction.
@@ -839,7 +847,8 @@ impl Store {
         conn: &mut SqliteConnection,
         user_id: &str,
     ) -> StoreResult<()> {
-        self.put_verified(conn, user_id, now_secs()).await
+        self.put_verified(conn, user_id, self.clock.now_secs())
+            .await
     }
 
     /// Approves every active pin of a user.
@@ -873,7 +882,7 @@ impl Store {
         text: &str,
     ) -> StoreResult<()> {
         let notice = SealedNotice {
-            ts: now_secs(),
+            ts: self.clock.now_secs(),
             user_id: user_id.to_owned(),
             text: text.to_owned(),
         };

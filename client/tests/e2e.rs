@@ -108,11 +108,16 @@ fn offline_recipient_gets_everything_in_order_exactly_once() {
     let w = world(Db::Sqlite);
     let alice = w.device("alice", "alice");
     let bob = w.device("bob", "bob");
-    let lines: Vec<String> = (1..=150).map(|i| format!("message number {i}")).collect();
+    // Lines too long to share a batch (two exceed BATCH_PAYLOAD_BUDGET), so each is its own
+    // request and to-device event.
+    let padding = "x".repeat(hush_client::engine::BATCH_PAYLOAD_BUDGET / 2);
+    let lines: Vec<String> = (1..=150)
+        .map(|i| format!("message number {i} {padding}"))
+        .collect();
     alice
         .run_with_input(&["send", &bob.user_id, "--lines"], &lines.join("\n"))
         .ok();
-    // More than one sync batch is waiting (the server sends at most 100 per answer).
+    // More than one sync batch is waiting (the server sends at most 100 events per answer).
     let got = bob.receive();
     assert_eq!(Device::bodies(&got), lines);
     assert!(Device::bodies(&bob.receive()).is_empty());
@@ -207,7 +212,7 @@ fn killed_mid_send_neither_loses_nor_duplicates() {
     alice.send(&bob, "warm-up").ok();
     let mut expected_max = 0;
     for round in 0..3 {
-        let lines: Vec<String> = (0..2000).map(|i| format!("r{round} m{i}")).collect();
+        let lines: Vec<String> = (0..8000).map(|i| format!("r{round} m{i}")).collect();
         let mut child = alice
             .command()
             .args(["send", &bob.user_id, "--lines"])
@@ -216,18 +221,43 @@ fn killed_mid_send_neither_loses_nor_duplicates() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        {
+        // The input is larger than a pipe buffer: written by its own thread, which stops
+        // when the kill closes the pipe.
+        let mut stdin = child.stdin.take().unwrap();
+        let input = lines.join("\n");
+        let writer = std::thread::spawn(move || {
             use std::io::Write;
-            let mut stdin = child.stdin.take().unwrap();
-            stdin.write_all(lines.join("\n").as_bytes()).unwrap();
+            let _ = stdin.write_all(input.as_bytes());
+        });
+        // Kill once the first lines of this round are committed (the send commits a chunk
+        // of lines before its requests leave), a little later each round.
+        let prefix = format!("r{round} m");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let latest = alice
+                .run(&["history", &bob.user_id, "--json", "--limit", "1"])
+                .ok()
+                .json_lines();
+            if Device::bodies(&latest)
+                .iter()
+                .any(|b| b.starts_with(&prefix))
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round} committed nothing"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(600 + 250 * round));
+        std::thread::sleep(Duration::from_millis(150 * round));
         assert!(
             child.try_wait().unwrap().is_none(),
             "send finished before the kill"
         );
         child.kill().unwrap();
         child.wait().unwrap();
+        writer.join().unwrap();
         expected_max += 1;
     }
     // Restarting flushes anything that was committed but not acknowledged.
