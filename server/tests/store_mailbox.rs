@@ -25,6 +25,7 @@ store_tests!(
     wakeups_follow_commits,
     many_recipients_in_one_batch,
     cancelled_commits_leave_store_usable,
+    concurrent_acknowledgements,
 );
 
 const ALICE: &str = "@alice:hs.test";
@@ -801,5 +802,47 @@ async fn cancelled_commits_leave_store_usable(store: Store) {
         assert!(bodies.contains(&format!("ok{round}")));
         let first = format!("c{round}-0");
         assert_eq!(store.txn_seen(&txn(BOB, &first)).await.unwrap(), n == 20);
+    }
+}
+
+/// Acknowledgements that arrive together are committed as a group: each deletes exactly its
+/// own device's messages up to its own position, also when one device acknowledges twice.
+async fn concurrent_acknowledgements(store: Store) {
+    const DEVICES: usize = 20;
+    let devices: Vec<String> = (0..DEVICES).map(|i| format!("D{i}")).collect();
+    let names: Vec<&str> = devices.iter().map(String::as_str).collect();
+    user_with_devices(&store, ALICE, &names, 0).await;
+    let batch: Vec<SendRequest> = (0..3)
+        .map(|n| {
+            let local = names
+                .iter()
+                .map(|d| msg(ALICE, d, BOB, &format!("{d}-{n}")))
+                .collect();
+            request(&format!("t{n}"), local, vec![])
+        })
+        .collect();
+    store.commit_sends(&batch, 100, 0).await.unwrap();
+    let first = store.ack_and_fetch_inbox(ALICE, "D0", 0, 10).await.unwrap();
+    let base = first[0].pos;
+    // Device i acknowledges up to its message i % 3 (D0 twice: the first and the second).
+    let acks = names.iter().enumerate().map(|(i, d)| {
+        let store = store.clone();
+        let d = (*d).to_owned();
+        async move {
+            store
+                .ack_inbox(ALICE, &d, base + i64::try_from(i % 3).unwrap())
+                .await
+        }
+    });
+    let extra = store.ack_inbox(ALICE, "D0", base + 1);
+    let (results, extra) = tokio::join!(futures::future::join_all(acks), extra);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    extra.unwrap();
+    for (i, d) in names.iter().enumerate() {
+        let left = store.ack_and_fetch_inbox(ALICE, d, 0, 10).await.unwrap();
+        let bodies: Vec<_> = left.iter().map(|e| body(&e.content)).collect();
+        let kept = if i == 0 { 2 } else { i % 3 + 1 };
+        let expected: Vec<String> = (kept..3).map(|n| format!("{d}-{n}")).collect();
+        assert_eq!(bodies, expected, "{d}");
     }
 }

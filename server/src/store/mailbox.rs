@@ -18,8 +18,8 @@ use tokio::sync::oneshot;
 use super::notify::wake_payloads;
 
 use super::{
-    with_pools, with_tx, with_writer, InboxEvent, Millis, OutboundEdu, SendOutcome, SendRequest,
-    Store, StoreResult, SyncReads, ToDeviceMessage, TxnKey,
+    with_pools, with_tx, InboxEvent, Millis, OutboundEdu, SendOutcome, SendRequest, Store,
+    StoreResult, SyncReads, ToDeviceMessage, TxnKey,
 };
 
 mod pg_commit;
@@ -744,24 +744,10 @@ impl Store {
 
     /// Deletes the device's messages at or before `pos` (an acknowledgement).
     ///
-    /// On PostgreSQL concurrent acknowledgements of this process are committed together (one
-    /// statement and one commit for the group, see [`AckGroup`]); the call returns once its
-    /// group committed.
+    /// Concurrent acknowledgements of this process are committed together (one statement and
+    /// one commit for the group, see [`AckGroup`]); the call returns once its group committed.
     pub async fn ack_inbox(&self, user_id: &str, device_id: &str, pos: i64) -> StoreResult<()> {
-        if let super::Backend::Postgres(pool) = &self.backend {
-            return self.acks.ack(pool, user_id, device_id, pos).await;
-        }
-        with_writer!(self, |w, pg| {
-            sqlx::query(
-                "DELETE FROM to_device_inbox WHERE user_id = $1 AND device_id = $2 AND pos <= $3",
-            )
-            .bind(user_id)
-            .bind(device_id)
-            .bind(pos)
-            .execute(w)
-            .await?;
-            StoreResult::Ok(())
-        })
+        self.acks.ack(&self.backend, user_id, device_id, pos).await
     }
 
     /// The last position allocated to a device's mailbox (`None` for an unknown device). A sync
@@ -877,14 +863,15 @@ struct AckJob {
     reply: oneshot::Sender<StoreResult<()>>,
 }
 
-/// Group commit of acknowledgements on PostgreSQL.
+/// Group commit of acknowledgements.
 ///
 /// Every delivered message is acknowledged by the recipient's next `/sync`, so under load
-/// there is one acknowledgement per message; alone, each would be its own transaction with its
-/// own WAL flush. The caller that finds no group committing becomes the leader: it takes every
-/// queued acknowledgement and deletes them with one statement over arrays, in a spawned task (a
-/// cancelled caller cannot abort the others'); the ones that queued meanwhile are taken by the
-/// next leader. If a group fails, each of its acknowledgements is retried alone, so one
+/// there is one acknowledgement per message; alone, each would be its own transaction (on
+/// PostgreSQL with its own WAL flush, on SQLite a command to the single writer between the
+/// group commits of sends). The caller that finds no group committing becomes the leader: it
+/// takes every queued acknowledgement and deletes them with one statement (over arrays on
+/// PostgreSQL, padded multi-row on SQLite), in a spawned task (a cancelled caller cannot abort
+/// the others'); the ones that queued meanwhile are taken by the next leader. If a group fails, each of its acknowledgements is retried alone, so one
 /// caller's error never becomes another's.
 #[derive(Default)]
 pub(super) struct AckGroup {
@@ -896,7 +883,7 @@ impl AckGroup {
     /// Queues one acknowledgement and waits until its group committed.
     async fn ack(
         &self,
-        pool: &sqlx::PgPool,
+        backend: &super::Backend,
         user_id: &str,
         device_id: &str,
         pos: i64,
@@ -923,10 +910,10 @@ impl AckGroup {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        let pool = pool.clone();
+        let backend = backend.clone();
         tokio::spawn(async move {
             let _leader = leader;
-            commit_ack_group(&pool, jobs).await;
+            commit_ack_group(&backend, jobs).await;
         });
         answer.await.unwrap_or_else(|_| Err(lost_ack()))
     }
@@ -934,9 +921,9 @@ impl AckGroup {
 
 /// Deletes the acknowledged messages of `jobs` with one statement and answers each; on failure
 /// retries each alone.
-async fn commit_ack_group(pool: &sqlx::PgPool, jobs: Vec<AckJob>) {
+async fn commit_ack_group(backend: &super::Backend, jobs: Vec<AckJob>) {
     if jobs.len() > 1 {
-        match delete_acked(pool, &jobs).await {
+        match delete_acked(backend, &jobs).await {
             Ok(()) => {
                 for job in jobs {
                     let _ = job.reply.send(Ok(()));
@@ -949,13 +936,18 @@ async fn commit_ack_group(pool: &sqlx::PgPool, jobs: Vec<AckJob>) {
         }
     }
     for job in jobs {
-        let result = delete_acked(pool, std::slice::from_ref(&job)).await;
+        let result = delete_acked(backend, std::slice::from_ref(&job)).await;
         let _ = job.reply.send(result);
     }
 }
 
-/// `DELETE` of every job's messages at or before its position, as one statement.
-async fn delete_acked(pool: &sqlx::PgPool, jobs: &[AckJob]) -> StoreResult<()> {
+/// `DELETE` of every job's messages at or before its position, as one statement (on SQLite one
+/// per [`SQLITE_CHUNK`] jobs).
+async fn delete_acked(backend: &super::Backend, jobs: &[AckJob]) -> StoreResult<()> {
+    let pool = match backend {
+        super::Backend::Postgres(pool) => pool,
+        super::Backend::Sqlite { writer, .. } => return sqlite_delete_acked(writer, jobs).await,
+    };
     let users: Vec<&str> = jobs.iter().map(|j| j.user_id.as_str()).collect();
     let devices: Vec<&str> = jobs.iter().map(|j| j.device_id.as_str()).collect();
     let positions: Vec<i64> = jobs.iter().map(|j| j.pos).collect();
@@ -969,6 +961,48 @@ async fn delete_acked(pool: &sqlx::PgPool, jobs: &[AckJob]) -> StoreResult<()> {
     .bind(positions)
     .execute(pool)
     .await?;
+    Ok(())
+}
+
+/// SQLite: deletes up to [`SQLITE_CHUNK`] acknowledged ranges given as `(user, device, pos)`
+/// rows (`?1` unused); the join finds the rows through the mailbox's primary key.
+fn sqlite_ack_sql(rows: usize) -> String {
+    values_sql(
+        "DELETE FROM to_device_inbox WHERE rowid IN (SELECT i.rowid FROM ",
+        3,
+        rows,
+        " AS v JOIN to_device_inbox i ON i.user_id = v.column1 AND i.device_id = v.column2 \
+         AND i.pos <= v.column3)",
+    )
+}
+
+static SQLITE_ACK_SQL: OnceLock<Vec<String>> = OnceLock::new();
+
+/// [`delete_acked`] on SQLite, on the writer connection (each statement commits by itself:
+/// an acknowledgement repeated after a failure deletes nothing more).
+async fn sqlite_delete_acked(
+    writer: &super::connect::SqliteWriter,
+    jobs: &[AckJob],
+) -> StoreResult<()> {
+    let mut guard = writer.lock().await?;
+    for chunk in jobs.chunks(SQLITE_CHUNK) {
+        let class = class_index(chunk.len());
+        let query = bind_rows(
+            sqlx::query(class_sql(&SQLITE_ACK_SQL, class, sqlite_ack_sql)).bind(0_i64),
+            chunk.iter(),
+            3,
+            class_rows(chunk.len()),
+            |q, job| {
+                q.bind(job.user_id.as_str())
+                    .bind(job.device_id.as_str())
+                    .bind(job.pos)
+            },
+        );
+        if let Err(e) = query.execute(&mut *guard).await {
+            writer.note_error(&e);
+            return Err(e.into());
+        }
+    }
     Ok(())
 }
 
