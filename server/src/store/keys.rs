@@ -422,6 +422,32 @@ impl Store {
     }
 }
 
+/// What `claim` got, from the rows of its claim statement (either backend), each
+/// `(whether it is the claimed one-time key, key ID, key JSON)`; any other row is the fallback
+/// key (for a bundle, the signed prekey).
+fn claimed_from(claim: &KeyClaim, rows: Vec<(bool, String, String)>) -> Claimed {
+    let (mut one_time_key, mut fallback) = (None, None);
+    for (is_one_time_key, key_id, json) in rows {
+        let key = ClaimedKey {
+            full_id: format!("{}:{key_id}", claim.algorithm),
+            json,
+        };
+        if is_one_time_key {
+            one_time_key = Some(key);
+        } else {
+            fallback = Some(key);
+        }
+    }
+    match (claim.bundle, one_time_key, fallback) {
+        (true, one_time_key, Some(signed_prekey)) => Claimed::Bundle {
+            signed_prekey,
+            one_time_key,
+        },
+        (false, Some(key), _) | (false, None, Some(key)) => Claimed::Key(key),
+        _ => Claimed::Nothing,
+    }
+}
+
 /// The error of a claim whose group commit task went away without answering.
 fn lost_claim() -> StoreError {
     StoreError::Database(sqlx::Error::WorkerCrashed)

@@ -21,9 +21,9 @@
 
 use sqlx::Row;
 
-use super::{Claimed, KeyClaim, INTEREST_REFRESH_MS};
+use super::{claimed_from, Claimed, KeyClaim, INTEREST_REFRESH_MS};
 use crate::store::notify::{wake_payloads, WakeOnCommit};
-use crate::store::{ClaimedKey, Millis, StoreResult};
+use crate::store::{Millis, StoreResult};
 
 /// Row kinds in a claim statement's result.
 const ROW_ONE_TIME_KEY: i32 = 0;
@@ -102,32 +102,15 @@ pub(super) async fn claim_group(
                 .bind(now - INTEREST_REFRESH_MS)
                 .fetch_all(&mut *tx)
                 .await?;
-            let key = |row: &sqlx::postgres::PgRow| -> StoreResult<ClaimedKey> {
-                let key_id: String = row.try_get(1)?;
-                Ok(ClaimedKey {
-                    full_id: format!("{}:{key_id}", claim.algorithm),
-                    json: row.try_get(2)?,
-                })
-            };
-            let (mut one_time_key, mut fallback) = (None, None);
+            let mut got = Vec::with_capacity(rows.len());
             for row in &rows {
-                if row.try_get::<i32, _>(0)? == ROW_ONE_TIME_KEY {
-                    one_time_key = Some(key(row)?);
-                } else {
-                    fallback = Some(key(row)?);
-                }
+                let is_one_time_key = row.try_get::<i32, _>(0)? == ROW_ONE_TIME_KEY;
+                got.push((is_one_time_key, row.try_get(1)?, row.try_get(2)?));
             }
-            if one_time_key.is_some() {
+            if got.iter().any(|&(is_one_time_key, _, _)| is_one_time_key) {
                 drained.push((claim.user_id.as_str(), claim.device_id.as_str()));
             }
-            out.push(match (claim.bundle, one_time_key, fallback) {
-                (true, one_time_key, Some(signed_prekey)) => Claimed::Bundle {
-                    signed_prekey,
-                    one_time_key,
-                },
-                (false, Some(key), _) | (false, None, Some(key)) => Claimed::Key(key),
-                _ => Claimed::Nothing,
-            });
+            out.push(claimed_from(claim, got));
         }
         all.push(out);
     }

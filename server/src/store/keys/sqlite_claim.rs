@@ -22,9 +22,9 @@ use std::sync::OnceLock;
 
 use sqlx::Row;
 
-use super::{Claimed, KeyClaim, INTEREST_REFRESH_MS};
+use super::{claimed_from, Claimed, KeyClaim, INTEREST_REFRESH_MS};
 use crate::store::connect::SqliteWriter;
-use crate::store::{ClaimedKey, Millis, StoreResult};
+use crate::store::{Millis, StoreResult};
 
 /// "The device has a one-time key of the algorithm."
 const HAS_OTK: &str = "EXISTS (SELECT 1 FROM one_time_keys \
@@ -136,28 +136,12 @@ async fn claim_all(
                 .bind(now - INTEREST_REFRESH_MS)
                 .fetch_all(&mut *conn)
                 .await?;
-            let key = |row: &sqlx::sqlite::SqliteRow| -> StoreResult<ClaimedKey> {
-                let key_id: String = row.try_get(1)?;
-                Ok(ClaimedKey {
-                    full_id: format!("{}:{key_id}", claim.algorithm),
-                    json: row.try_get(2)?,
-                })
-            };
-            let (mut one_time_key, mut fallback) = (None, None);
+            let mut got = Vec::with_capacity(rows.len());
             for row in &rows {
-                match row.try_get::<i64, _>(0)? {
-                    ROW_ONE_TIME_KEY => one_time_key = Some(key(row)?),
-                    _ => fallback = Some(key(row)?),
-                }
+                let is_one_time_key = row.try_get::<i64, _>(0)? == ROW_ONE_TIME_KEY;
+                got.push((is_one_time_key, row.try_get(1)?, row.try_get(2)?));
             }
-            out.push(match (claim.bundle, one_time_key, fallback) {
-                (true, one_time_key, Some(signed_prekey)) => Claimed::Bundle {
-                    signed_prekey,
-                    one_time_key,
-                },
-                (false, Some(key), _) | (false, None, Some(key)) => Claimed::Key(key),
-                _ => Claimed::Nothing,
-            });
+            out.push(claimed_from(claim, got));
         }
         all.push(out);
     }
