@@ -41,12 +41,7 @@ fn history(alice: &Device, peer: &Device) -> Vec<(String, String)> {
 #[test]
 fn batches_reach_every_device_in_order_exactly_once() {
     let ca = TestCa::new();
-    let server = Server::start(ServerOptions {
-        ca: Some(&ca),
-        db: Db::Sqlite,
-        ip: "127.0.0.1",
-        extra: String::new(),
-    });
+    let server = Server::start_local(&ca);
     let data = tempfile::tempdir().unwrap();
     let alice = Device::register(data.path(), "alice", &server, Some(&ca), "alice");
     let alice2 = alice.login_new_device("alice2", &[]);

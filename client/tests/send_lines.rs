@@ -10,18 +10,13 @@ mod common;
 use std::io::Write;
 use std::process::Stdio;
 
-use common::{Db, Device, Server, ServerOptions, TestCa};
+use common::{Device, Server, TestCa};
 
 const SEND_ROUTE: &str = "route=\"/_matrix/client/v3/sendToDevice/{event_type}/{txn_id}\"";
 
 fn start() -> (TestCa, Server, tempfile::TempDir) {
     let ca = TestCa::new();
-    let server = Server::start(ServerOptions {
-        ca: Some(&ca),
-        db: Db::Sqlite,
-        ip: "127.0.0.1",
-        extra: String::new(),
-    });
+    let server = Server::start_local(&ca);
     (ca, server, tempfile::tempdir().unwrap())
 }
 

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Db, Device, Server, ServerOptions, TestCa};
+use common::{Device, Server, TestCa};
 use hush_client::clock::{Clock, TimeShift};
 use hush_client::engine::Client;
 use hush_crypto::{Curve25519PublicKey, SessionRecord};
@@ -61,12 +61,7 @@ struct Seen {
 /// then Bob receives.
 fn unanswered_then_later(days: u32) -> Seen {
     let ca = TestCa::new();
-    let server = Server::start(ServerOptions {
-        ca: Some(&ca),
-        db: Db::Sqlite,
-        ip: "127.0.0.1",
-        extra: String::new(),
-    });
+    let server = Server::start_local(&ca);
     let data = tempfile::tempdir().unwrap();
     let alice = Device::register(data.path(), "alice", &server, Some(&ca), "alice");
     let bob = Device::register(data.path(), "bob", &server, Some(&ca), "bob");

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Db, Device, Server, ServerOptions, TestCa};
+use common::{Device, Server, TestCa};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use hush_client::tui::{Action, ChatApp, View};
 use ratatui::backend::TestBackend;
@@ -30,12 +30,7 @@ fn key(code: KeyCode) -> KeyEvent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_shows_received_message_and_sends_typed_one() {
     let ca = TestCa::new();
-    let server = Server::start(ServerOptions {
-        ca: Some(&ca),
-        db: Db::Sqlite,
-        ip: "127.0.0.1",
-        extra: String::new(),
-    });
+    let server = Server::start_local(&ca);
     let data = tempfile::tempdir().unwrap();
     let alice = Device::register(data.path(), "alice", &server, Some(&ca), "alice");
     let bob = Device::register(data.path(), "bob", &server, Some(&ca), "bob");

@@ -99,6 +99,16 @@ pub struct ServerOptions<'a> {
 }
 
 impl Server {
+    /// A single HTTPS server on 127.0.0.1 with SQLite and the default configuration.
+    pub fn start_local(ca: &TestCa) -> Server {
+        Server::start(ServerOptions {
+            ca: Some(ca),
+            db: Db::Sqlite,
+            ip: "127.0.0.1",
+            extra: String::new(),
+        })
+    }
+
     /// Starts a server and waits until it answers.
     pub fn start(opts: ServerOptions<'_>) -> Server {
         let dir = tempfile::tempdir().unwrap();
